@@ -1,0 +1,241 @@
+"""The few backend-specific fast paths: who the current task is, and a cheap checkpoint.
+
+Everything here exists because a benchmark showed it matters on the hot path:
+
+* ``task_of(loop)`` finds the running asyncio task with one dict lookup.  On CPython 3.11
+  ``asyncio.current_task()`` and ``asyncio.get_running_loop()`` cost a ``getpid()`` system call
+  each, more than a whole ``asyncio.Lock`` cycle.  Each primitive remembers the loop it was last
+  used from (its ``_loop`` slot); a miss (``None``) sends the caller to :func:`resolve_task`,
+  which finds the task the official way, on asyncio or trio, and rebinds the primitive.
+* ``READY`` is an awaitable that completes at once without allocating a coroutine, so that
+  ``__aenter__``/``__aexit__`` can be plain methods on the uncontended path.
+* ``asyncio_schedule_point`` is a bare ``yield`` to the asyncio task: a schedule point and a
+  cancel point (native ``Task.cancel()`` and anyio cancel scopes both deliver there) for a
+  fraction of the cost of ``anyio.lowlevel.checkpoint()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import types
+from collections.abc import Generator, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Protocol, cast
+
+import anyio
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
+__all__ = [
+    "READY",
+    "TRIO",
+    "Bindable",
+    "asyncio_schedule_point",
+    "resolve_task",
+    "task_info",
+    "task_name",
+    "task_of",
+    "unwatch",
+    "watch",
+]
+
+
+class _TrioMarker:
+    """Stands in a primitive's ``_loop`` slot while it is used from trio."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<trio>"
+
+
+TRIO: Any = _TrioMarker()
+
+
+def _make_task_of() -> Callable[[Any], Any]:
+    current_tasks = getattr(asyncio.tasks, "_current_tasks", None)
+    official = getattr(asyncio.current_task, "__code__", None)
+    # Use the dict only where asyncio.current_task() itself is the function that reads it
+    # (CPython 3.9 to 3.13): then both answer the same, by construction.
+    if isinstance(current_tasks, dict) and "_current_tasks" in getattr(official, "co_names", ()):
+        return cast("Callable[[Any], Any]", current_tasks.get)
+
+    def task_of(loop: Any) -> Any:  # pragma: no cover - only where the fast path is unavailable
+        if loop is None or loop is TRIO:
+            return None
+        try:
+            return asyncio.current_task(loop)
+        except RuntimeError:
+            return None
+
+    return task_of
+
+
+#: ``task_of(loop)`` -> the task running on ``loop`` right now, or None.
+task_of: Callable[[Any], Any] = _make_task_of()
+
+
+class Bindable(Protocol):
+    """What :func:`resolve_task` needs of a primitive."""
+
+    _loop: Any
+
+    def _in_use(self) -> bool: ...
+
+
+def _no_trio() -> Any:
+    raise RuntimeError("trio is not running")
+
+
+_trio_current_task: Callable[[], Any] = _no_trio
+
+
+def resolve_task(prim: Bindable) -> Any:
+    """Return the current task the slow way, binding ``prim`` to the current event loop.
+
+    A primitive may move to another event loop only while nobody holds or waits for it (the
+    per-test event loop of pytest).  Moving while in use would strand a task of the other loop,
+    so it is refused.
+    """
+    global _trio_current_task
+    bound = prim._loop
+    if bound is TRIO:
+        try:
+            return _trio_current_task()
+        except RuntimeError:
+            pass
+    trio = sys.modules.get("trio")
+    loop = asyncio._get_running_loop()
+    if loop is not None:
+        task = asyncio.current_task(loop)
+        if task is None:
+            raise RuntimeError(f"{prim!r} must be used from inside an asyncio task")
+        if bound is not loop:
+            if bound is not None and prim._in_use():
+                raise RuntimeError(
+                    f"{prim!r} is in use by tasks of another event loop; a lock can move to a "
+                    "new event loop only while no task holds it or waits for it "
+                    "(aiolocks primitives are not thread-safe)"
+                )
+            prim._loop = loop
+        return task
+    if trio is not None:
+        _trio_current_task = trio.lowlevel.current_task
+        try:
+            task = _trio_current_task()
+        except RuntimeError:
+            pass
+        else:
+            if bound is not TRIO:
+                if bound is not None and prim._in_use():
+                    raise RuntimeError(
+                        f"{prim!r} is in use by tasks of an asyncio event loop and cannot be "
+                        "used from trio at the same time"
+                    )
+                prim._loop = TRIO
+            return task
+    raise RuntimeError(f"{prim!r} must be used from a running asyncio or trio task")
+
+
+class _Ready:
+    """Fallback for :data:`READY`: an awaitable that completes at once."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Iterator[None]:
+        return iter(())
+
+
+class _NoLoop:
+    """Just enough of an event loop to make a completed ``asyncio.Future``."""
+
+    __slots__ = ()
+
+    def get_debug(self) -> bool:
+        return False
+
+
+def _make_ready() -> Awaitable[None]:
+    # A completed C future is the cheapest awaitable CPython has (it never yields and never
+    # touches its loop once done); it is shared by every task on every loop and by trio.
+    try:
+        fut: asyncio.Future[None] = asyncio.Future(loop=cast("Any", _NoLoop()))
+        fut.set_result(None)
+        it = fut.__await__()
+        next(it)
+    except StopIteration:
+        return fut
+    except Exception:  # pragma: no cover - exotic asyncio implementation
+        pass
+    return cast("Awaitable[None]", _Ready())  # pragma: no cover
+
+
+#: Awaitable that completes immediately with ``None``.
+READY: Awaitable[None] = _make_ready()
+
+
+@types.coroutine
+def asyncio_schedule_point() -> Generator[None, None, None]:
+    """Yield once to the asyncio event loop: a schedule point and a cancel point."""
+    yield
+
+
+def task_name(task: Any) -> str:
+    """A readable name for an asyncio or trio task."""
+    get_name = getattr(task, "get_name", None)
+    if get_name is not None:
+        return str(get_name())
+    return str(getattr(task, "name", task))
+
+
+def task_info(task: Any) -> anyio.TaskInfo | None:
+    """anyio's :class:`~anyio.TaskInfo` for an asyncio or trio task (``None`` for ``None``)."""
+    if task is None:
+        return None
+    coro = task.get_coro() if hasattr(task, "get_coro") else task.coro
+    return anyio.TaskInfo(id(task), None, task_name(task), coro)
+
+
+class _Breaker:
+    """Adapter that trio's runner calls (``break_lot``) when a watched task exits."""
+
+    __slots__ = ("_callback",)
+
+    def __init__(self, callback: Callable[[Any], None]) -> None:
+        self._callback = callback
+
+    def break_lot(self, task: Any) -> None:
+        self._callback(task)
+
+
+def watch(task: Any, callback: Callable[[Any], None]) -> Any:
+    """Call ``callback(task)`` when ``task`` exits; returns a token for :func:`unwatch`.
+
+    Used only while some task waits behind ``task``: an owner that exits holding a lock must
+    break it, never strand its waiters.
+    """
+    if isinstance(task, asyncio.Future):
+        task.add_done_callback(callback)
+        return callback
+    trio = sys.modules["trio"]
+    breaker = _Breaker(callback)
+    try:
+        trio.lowlevel.add_parking_lot_breaker(task, breaker)
+    except trio.BrokenResourceError:
+        callback(task)  # it already exited
+        return None
+    return breaker
+
+
+def unwatch(task: Any, token: Any) -> None:
+    """Undo :func:`watch`."""
+    if token is None:
+        return
+    if isinstance(task, asyncio.Future):
+        task.remove_done_callback(token)
+        return
+    try:
+        sys.modules["trio"].lowlevel.remove_parking_lot_breaker(task, token)
+    except RuntimeError:  # the runner already dropped it (the task exited)
+        pass

@@ -1,0 +1,64 @@
+"""Pieces shared by every lock-like primitive: the held checkpoint and misuse errors."""
+
+from __future__ import annotations
+
+import sys
+import types
+from collections.abc import Awaitable, Generator
+from typing import Any, Callable, NoReturn
+
+from ._backend import TRIO, task_name
+
+__all__ = ["check_flag", "check_name", "held_checkpoint", "no_sync_with", "who"]
+
+
+@types.coroutine
+def _asyncio_held_checkpoint(undo: Callable[[Any], None], task: Any) -> Generator[None, None, None]:
+    try:
+        yield  # schedule point + cancel point for asyncio tasks
+    except BaseException:
+        undo(task)
+        raise
+
+
+async def _trio_held_checkpoint(undo: Callable[[Any], None], task: Any) -> None:
+    try:
+        await sys.modules["trio"].lowlevel.checkpoint()
+    except BaseException:
+        undo(task)
+        raise
+
+
+def held_checkpoint(loop: Any, undo: Callable[[Any], None], task: Any) -> Awaitable[None]:
+    """The checkpoint of a default-mode acquire that got the lock without waiting.
+
+    The lock is taken first and the checkpoint follows: if the task is cancelled there, ``undo``
+    gives the lock back before the cancellation propagates, so the caller never holds it.  One
+    yield to the event loop gives both the schedule point and the cancel point.
+    """
+    if loop is TRIO:
+        return _trio_held_checkpoint(undo, task)
+    return _asyncio_held_checkpoint(undo, task)
+
+
+def no_sync_with(prim: object) -> NoReturn:
+    raise TypeError(
+        f"{type(prim).__name__} is an async lock: use 'async with', not 'with' "
+        "(a plain 'with' cannot wait for it)"
+    )
+
+
+def who(task: Any) -> str:
+    return "no task" if task is None else f"task {task_name(task)!r}"
+
+
+def check_name(name: str | None) -> str | None:
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"name must be a str or None, not {type(name).__name__}")
+    return name
+
+
+def check_flag(value: object, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{what} must be a bool, not {type(value).__name__}")
+    return value

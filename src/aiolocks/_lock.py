@@ -1,0 +1,264 @@
+"""``aiolocks.Lock``: a FIFO mutex with hand-off, owner tracking and broken-owner detection."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from types import TracebackType
+from typing import Any, final
+
+from anyio import BrokenResourceError, LockStatistics, WouldBlock
+
+from ._backend import READY, resolve_task, task_info, task_of, unwatch, watch
+from ._common import check_flag, check_name, held_checkpoint, no_sync_with, who
+from ._exceptions import DeadlockError
+from ._queue import Waiter, WaitQueue, new_waiter
+
+__all__ = ["Lock"]
+
+
+class _LockQueue(WaitQueue):
+    """The waiters of a Lock, plus what exists only while someone waits."""
+
+    __slots__ = ("broken", "watch_token")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken = False
+        self.watch_token: Any = None  # set while the owner is watched for exiting
+
+
+@final
+class Lock:
+    """A mutual-exclusion lock for asyncio and trio tasks, FIFO and not re-entrant.
+
+    Use it where ``asyncio.Lock``, ``anyio.Lock`` or ``trio.Lock`` would do, when you also want
+    the same lock on both backends, an owner that can be inspected, an immediate
+    :class:`~aiolocks.DeadlockError` instead of a hang when the holder asks again, and waiters
+    that are told (:class:`anyio.BrokenResourceError`) when the holder exits without releasing.
+
+    Ownership is handed to the first waiter at release, so no task can barge in ahead of the
+    queue.  ``acquire()`` is a checkpoint (a cancel point and a schedule point) unless the lock
+    was made with ``fast_acquire=True``: then the uncontended path does not yield to the event
+    loop (on asyncio it is not a cancel point either, like ``asyncio.Lock``; on trio it still
+    is).  A contended acquire always waits, and is therefore cancellable.
+
+    The lock can be created outside any event loop (a module-level global) and is usable from
+    whichever loop first uses it; it may move to a new loop once idle.  It is not thread-safe.
+
+    Args:
+        fast_acquire: skip the schedule point on the uncontended path.
+        name: shown in ``repr`` and in diagnostics.
+
+    Example::
+
+        lock = aiolocks.Lock()
+
+        async def update():
+            async with lock:
+                await write_state()
+
+    .. versionadded:: 0.1
+    """
+
+    # Invariants:
+    #   _q is not None    implies  _owner is not None   (waiters only queue behind an owner)
+    #   _q is not None    implies  len(_q) > 0 or _q.broken
+    #   _q.watch_token    is set while _q has waiters (so an exiting owner breaks the lock)
+    __slots__ = ("__weakref__", "_fast", "_loop", "_name", "_owner", "_q")
+
+    def __init__(self, *, fast_acquire: bool = False, name: str | None = None) -> None:
+        self._fast = check_flag(fast_acquire, "fast_acquire")
+        self._name = check_name(name)
+        self._owner: Any = None
+        self._q: _LockQueue | None = None
+        self._loop: Any = None
+
+    def __repr__(self) -> str:
+        name = f" {self._name!r}" if self._name else ""
+        if self._owner is None:
+            state = "unlocked"
+        else:
+            state = f"locked by {who(self._owner)}"
+            if self._q is not None:
+                state += f", {len(self._q)} waiting" + (", broken" if self._q.broken else "")
+        return f"<aiolocks.Lock{name} {state} at {id(self):#x}>"
+
+    # -- acquiring -------------------------------------------------------------------------
+
+    def __aenter__(self) -> Awaitable[None]:
+        task = task_of(self._loop)
+        if task is None:
+            task = resolve_task(self)
+        if self._owner is None and self._q is None:
+            self._owner = task
+            if self._fast:
+                return READY
+            return held_checkpoint(self._loop, self._undo_acquire, task)
+        return self._acquire_contended(task)
+
+    async def acquire(self) -> None:
+        """Acquire the lock, waiting (FIFO) while another task holds it.
+
+        Raises:
+            DeadlockError: the calling task already holds the lock.
+            anyio.BrokenResourceError: the holder exited without releasing the lock.
+        """
+        await self.__aenter__()
+
+    def acquire_nowait(self) -> None:
+        """Acquire the lock if that is possible without waiting.
+
+        Raises:
+            anyio.WouldBlock: another task holds the lock or waits for it.
+            DeadlockError: the calling task already holds the lock.
+        """
+        task = task_of(self._loop)
+        if task is None:
+            task = resolve_task(self)
+        if self._owner is None and self._q is None:
+            self._owner = task
+            return
+        if self._owner is task:
+            raise DeadlockError(f"{self!r} is already held by this task (it is not re-entrant)")
+        raise WouldBlock
+
+    async def _acquire_contended(self, task: Any) -> None:
+        if self._owner is task:
+            raise DeadlockError(f"{self!r} is already held by this task (it is not re-entrant)")
+        q = self._q
+        if q is None:
+            q = self._q = _LockQueue()
+        if q.watch_token is None and not q.broken:
+            self._watch_owner(q)  # may find the owner already gone and break the lock
+        if q.broken:
+            raise BrokenResourceError(self._broken_message())
+        waiter = new_waiter(self._loop, task, 0, 0)
+        q.append(waiter)
+        await waiter.park(self)
+
+    def _undo_acquire(self, task: Any) -> None:
+        if self._owner is task:
+            self._release()
+
+    # -- releasing --------------------------------------------------------------------------
+
+    def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Awaitable[None]:
+        owner = self._owner
+        if owner is not None and self._q is None and owner is task_of(self._loop):
+            self._owner = None
+            return READY
+        self.release()
+        return READY
+
+    def release(self) -> None:
+        """Release the lock, handing it to the first waiter if there is one.
+
+        Synchronous: never awaits, never a checkpoint, safe in ``finally`` blocks and
+        cancelled scopes.
+
+        Raises:
+            RuntimeError: the calling task does not hold the lock (nothing is changed).
+        """
+        task = task_of(self._loop)
+        if task is None:
+            task = resolve_task(self)
+        if self._owner is not task:
+            if self._owner is None:
+                raise RuntimeError(f"release() of {self!r}: the lock is not held")
+            raise RuntimeError(
+                f"release() of {self!r} by {who(task)}: only the task holding it may release it"
+            )
+        self._release()
+
+    def _release(self) -> None:
+        q = self._q
+        if q is None:
+            self._owner = None
+            return
+        if q.watch_token is not None:
+            unwatch(self._owner, q.watch_token)
+            q.watch_token = None
+        while True:
+            waiter = q.popleft()
+            if waiter is None:
+                self._owner = None
+                if not q.broken:
+                    self._q = None
+                return
+            self._owner = waiter.task
+            if waiter.grant():
+                if q:
+                    self._watch_owner(q)
+                return
+
+    # -- the queue's callbacks ---------------------------------------------------------------
+
+    def _waiter_gone(self, waiter: Waiter) -> None:
+        q = self._q
+        assert q is not None
+        q.remove(waiter)
+        if not q and not q.broken:
+            if q.watch_token is not None:
+                unwatch(self._owner, q.watch_token)
+            self._q = None
+
+    def _grant_abandoned(self, waiter: Waiter) -> None:
+        if self._owner is waiter.task:
+            self._release()
+
+    # -- an owner that exits holding the lock -----------------------------------------------
+
+    def _watch_owner(self, q: _LockQueue) -> None:
+        q.watch_token = watch(self._owner, self._owner_exited)
+
+    def _owner_exited(self, task: Any) -> None:
+        q = self._q
+        if self._owner is not task or q is None:
+            return
+        q.broken = True
+        q.watch_token = None
+        message = self._broken_message()
+        for waiter in q.take_all():
+            waiter.fail(BrokenResourceError(message))
+
+    def _broken_message(self) -> str:
+        return f"{self!r}: the task holding it ({who(self._owner)}) exited without releasing it"
+
+    # -- inspection -------------------------------------------------------------------------
+
+    def locked(self) -> bool:
+        """Return True if some task holds the lock."""
+        return self._owner is not None
+
+    def statistics(self) -> LockStatistics:
+        """Return anyio's :class:`~anyio.LockStatistics` for this lock.
+
+        Fields: ``locked`` (bool), ``owner`` (:class:`anyio.TaskInfo` of the holder or None),
+        ``tasks_waiting`` (tasks queued in ``acquire()``).
+        """
+        return LockStatistics(
+            self._owner is not None, task_info(self._owner), len(self._q) if self._q else 0
+        )
+
+    def _in_use(self) -> bool:
+        return self._owner is not None or self._q is not None
+
+    def _check_invariants(self) -> None:
+        q = self._q
+        if q is not None:
+            assert self._owner is not None, "waiters queued behind no owner"
+            assert len(q) > 0 or q.broken, "an empty queue is kept without being broken"
+            assert q._live == sum(1 for _ in q), "live count out of step with the queue"
+            if len(q) and not q.broken:
+                assert q.watch_token is not None, "owner not watched while tasks wait"
+
+    def __enter__(self) -> None:
+        no_sync_with(self)
+
+    def __exit__(self, *args: object) -> None:
+        no_sync_with(self)

@@ -1,0 +1,206 @@
+"""The one waiter queue every aiolocks primitive is built on.
+
+It owns parking, hand-off and cancellation, so the primitives above it are short state
+machines.  The rules it enforces:
+
+* **Hand-off, not wake-up.**  A releaser calls :meth:`Waiter.grant` after it has recorded the
+  waiter as the new holder; the waiter wakes up already owning what it asked for, so no newcomer
+  can barge in and no grant can be lost.
+* **Cancellation is the queue's problem.**  A waiter cancelled while queued is removed in O(1)
+  (``owner._waiter_gone``); a waiter that was granted and then cancelled before it could run
+  hands its grant back (``owner._grant_abandoned``), which passes it on.  On trio a granted task
+  is never aborted, so only the first case exists there.
+
+``owner`` is the primitive that queued the waiter; it implements :class:`Parker`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import deque
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+__all__ = [
+    "GONE",
+    "GRANTED",
+    "WAITING",
+    "AsyncioWaiter",
+    "Parker",
+    "TrioWaiter",
+    "WaitQueue",
+    "Waiter",
+    "new_waiter",
+]
+
+WAITING = 0  # queued, not yet granted
+GRANTED = 1  # handed what it asked for; it wakes up holding it
+GONE = 2  # removed: cancelled before a grant, or failed (broken lock)
+
+
+class Parker(Protocol):
+    """What a primitive implements for the queue."""
+
+    def _waiter_gone(self, waiter: Waiter) -> None:
+        """``waiter`` was cancelled while still queued: forget it, admit whoever can go now."""
+
+    def _grant_abandoned(self, waiter: Waiter) -> None:
+        """``waiter`` was granted, then cancelled before it ran: undo the grant, pass it on."""
+
+
+class Waiter:
+    """One parked request: the task, what it asked for, and how to wake it."""
+
+    __slots__ = ("mode", "state", "task", "ticket")
+
+    def __init__(self, task: Any, mode: int, ticket: int) -> None:
+        self.task = task
+        self.mode = mode
+        self.ticket = ticket
+        self.state = WAITING
+
+    async def park(self, owner: Parker) -> None:
+        """Sleep until granted (return) or failed (raise); handles its own cancellation."""
+        raise NotImplementedError
+
+    def grant(self) -> bool:
+        """Wake the waiter as the new holder; False if it turned out to be gone already."""
+        raise NotImplementedError
+
+    def fail(self, exc: BaseException) -> None:
+        """Wake the waiter with ``exc`` instead of a grant."""
+        raise NotImplementedError
+
+
+class AsyncioWaiter(Waiter):
+    """A waiter parked on a future of its own (one per waiter, so one cancel hits one waiter)."""
+
+    __slots__ = ("_fut",)
+
+    def __init__(self, task: Any, mode: int, ticket: int, loop: Any) -> None:
+        super().__init__(task, mode, ticket)
+        self._fut = loop.create_future()
+
+    async def park(self, owner: Parker) -> None:
+        try:
+            await self._fut
+        except BaseException:
+            if self.state == WAITING:
+                owner._waiter_gone(self)
+            elif self.state == GRANTED:
+                # The grant raced with Task.cancel(): we own it but are leaving; pass it on.
+                owner._grant_abandoned(self)
+            raise
+
+    def grant(self) -> bool:
+        fut = self._fut
+        if fut.done():
+            # Task.cancel() already cancelled our future; park() will raise CancelledError and
+            # see GONE, so the caller simply grants the next waiter instead.
+            self.state = GONE
+            return False
+        self.state = GRANTED
+        fut.set_result(None)
+        return True
+
+    def fail(self, exc: BaseException) -> None:
+        self.state = GONE
+        if not self._fut.done():
+            self._fut.set_exception(exc)
+
+
+class TrioWaiter(Waiter):
+    """A waiter parked with ``trio.lowlevel.wait_task_rescheduled``."""
+
+    __slots__ = ()
+
+    async def park(self, owner: Parker) -> None:
+        lowlevel = sys.modules["trio"].lowlevel
+
+        def abort(_: Any) -> Any:
+            # trio calls this only while we have not been rescheduled, i.e. never after a grant.
+            owner._waiter_gone(self)
+            return lowlevel.Abort.SUCCEEDED
+
+        await lowlevel.wait_task_rescheduled(abort)
+
+    def grant(self) -> bool:
+        self.state = GRANTED
+        sys.modules["trio"].lowlevel.reschedule(self.task)
+        return True
+
+    def fail(self, exc: BaseException) -> None:
+        self.state = GONE
+        outcome = sys.modules["outcome"]
+        sys.modules["trio"].lowlevel.reschedule(self.task, outcome.Error(exc))
+
+
+class WaitQueue:
+    """FIFO of waiters: O(1) append, O(1) amortised pop of the first, O(1) removal.
+
+    Removal marks the waiter ``GONE`` and leaves a tombstone that pops skip; the deque is
+    compacted when tombstones outnumber live waiters, so a long-held lock with a stream of
+    timed-out waiters does not grow without bound.
+    """
+
+    __slots__ = ("_items", "_live")
+
+    def __init__(self) -> None:
+        self._items: deque[Waiter] = deque()
+        self._live = 0
+
+    def __len__(self) -> int:
+        return self._live
+
+    def __iter__(self) -> Iterator[Waiter]:
+        return (w for w in self._items if w.state == WAITING)
+
+    def append(self, waiter: Waiter) -> None:
+        self._items.append(waiter)
+        self._live += 1
+
+    def first(self) -> Waiter | None:
+        """The first live waiter, without removing it."""
+        items = self._items
+        while items:
+            w = items[0]
+            if w.state == WAITING:
+                return w
+            items.popleft()
+        return None
+
+    def popleft(self) -> Waiter | None:
+        """Remove and return the first live waiter (still marked WAITING), or None."""
+        items = self._items
+        while items:
+            w = items.popleft()
+            if w.state == WAITING:
+                self._live -= 1
+                return w
+        return None
+
+    def remove(self, waiter: Waiter) -> None:
+        """Forget a queued waiter (it must be live and in this queue)."""
+        waiter.state = GONE
+        self._live -= 1
+        items = self._items
+        if not self._live:
+            items.clear()
+        elif len(items) > 64 and len(items) > 4 * self._live:
+            self._items = deque(w for w in items if w.state == WAITING)
+
+    def take_all(self) -> list[Waiter]:
+        """Remove and return every live waiter, in order."""
+        out = [w for w in self._items if w.state == WAITING]
+        self._items.clear()
+        self._live = 0
+        return out
+
+
+def new_waiter(loop: Any, task: Any, mode: int, ticket: int) -> Waiter:
+    """A waiter for ``task`` of the backend ``loop`` stands for (an asyncio loop or TRIO)."""
+    from ._backend import TRIO
+
+    if loop is TRIO:
+        return TrioWaiter(task, mode, ticket)
+    return AsyncioWaiter(task, mode, ticket, loop)

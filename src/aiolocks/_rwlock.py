@@ -1,0 +1,918 @@
+"""``aiolocks.RWLock``: a phase-fair, writer-preferring readers-writer lock.
+
+One state (on the :class:`RWLock`) and three lock-like views over it: ``reader``, ``writer``
+and ``upgradable``.  The uncontended paths touch only the RWLock's own slots; everything that
+exists only under contention or in rarer modes (queues, upgradable hold, re-entrant write levels,
+a broken owner, watched holders) lives in an ``_RWState`` that is created on demand and dropped
+as soon as the lock is back to a plain state, so ``_s is None`` is the fast-path test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, final
+
+from anyio import BrokenResourceError, LockStatistics, TaskInfo, WouldBlock
+
+from ._backend import READY, resolve_task, task_info, task_of, unwatch, watch
+from ._common import check_flag, check_name, held_checkpoint, no_sync_with, who
+from ._exceptions import DeadlockError
+from ._queue import GONE, Waiter, WaitQueue, new_waiter
+
+__all__ = ["RWLock", "RWLockStatistics", "ReadLock", "UpgradableLock", "WriteLock"]
+
+READ, WRITE, UPGRADABLE, UPGRADE = 0, 1, 2, 3
+_MODE_NAMES = ("read", "write", "upgradable", "upgrade")
+_NO_LIMIT = float("inf")
+
+
+@dataclass(frozen=True)
+class RWLockStatistics:
+    """A snapshot of an :class:`RWLock`.
+
+    Attributes:
+        readers: tasks holding a read lock (the upgradable holder counts as a reader until it
+            upgrades).
+        writer: the task holding the write lock, or None.
+        readers_waiting: tasks queued for a read lock.
+        writers_waiting: tasks queued for the write lock or the upgradable lock, plus a pending
+            ``upgrade()``.
+        version: the lock's version stamp (see :attr:`RWLock.version`).
+
+    .. versionadded:: 0.1
+    """
+
+    readers: int
+    writer: TaskInfo | None
+    readers_waiting: int
+    writers_waiting: int
+    version: int
+
+
+class _RWState:
+    """Everything an RWLock needs only under contention or in its rarer modes."""
+
+    __slots__ = (
+        "broken",
+        "qwriters",
+        "rq",
+        "ticket",
+        "upg",
+        "upgraded",
+        "upgrading",
+        "watched",
+        "wextra",
+        "wq",
+        "wreads",
+    )
+
+    def __init__(self) -> None:
+        self.rq = WaitQueue()  # readers waiting (admitted together)
+        self.wq = WaitQueue()  # writers and upgradable requests waiting, FIFO
+        self.qwriters = 0  # WRITE waiters in wq
+        self.ticket = 0  # arrival order of waiters
+        self.upg: Any = None  # task holding the upgradable lock
+        self.upgraded = False  # the writer's hold came from upgrade()
+        self.upgrading: Waiter | None = None  # the upgradable holder waiting in upgrade()
+        self.wextra = 0  # re-entrant write levels beyond the first
+        self.wreads = 0  # read levels the writer took on top of its write hold
+        self.broken = False  # a holder exited holding it
+        self.watched: dict[Any, Any] = {}  # holder task -> token, while tasks wait
+
+    def first_writer_ticket(self) -> float:
+        if self.qwriters:
+            for w in self.wq:
+                if w.mode == WRITE:
+                    return w.ticket
+        return _NO_LIMIT
+
+    def has_waiters(self) -> bool:
+        return bool(self.rq or self.wq or self.upgrading is not None)
+
+
+@final
+class RWLock:
+    """A readers-writer lock: many readers at once, or one writer.
+
+    Fair by construction (phase-fair, writer-preferring, starvation-free):
+
+    * a waiting writer holds back readers that arrive after it, so writers are never starved;
+    * when a writer releases, every reader waiting at that moment is admitted before the next
+      writer, so no reader waits for more than one writer phase;
+    * writers (and upgradable requests) are served FIFO; ownership is handed over at release.
+
+    Re-entrant per task: a task holding read (or write) takes read again at once, even while
+    writers wait, so the classic nested-read hang cannot happen; a task holding write takes
+    write again.  Each acquire needs its own release.  A task holding only read that asks for
+    write gets :class:`~aiolocks.DeadlockError` at once (two such readers would wait for each
+    other forever): take :attr:`upgradable` instead and call ``upgrade()``.
+
+    Use the views, each a lock with the anyio/trio shape (``acquire``, ``acquire_nowait``,
+    ``release``, ``locked``, ``statistics``, ``async with``)::
+
+        cache_lock = aiolocks.RWLock()        # fine at module level, before any loop runs
+
+        async def get(key):
+            async with cache_lock.reader:     # many readers at once
+                return cache[key]
+
+        async def refresh():
+            async with cache_lock.writer:     # exclusive
+                cache.update(await load())
+
+    Acquiring is a checkpoint unless ``fast_acquire=True`` (see :class:`aiolocks.Lock`).  If a
+    holder exits without releasing, requests that conflict with its hold fail with
+    :class:`anyio.BrokenResourceError` from then on; others still succeed.  Not thread-safe.
+
+    Args:
+        fast_acquire: skip the schedule point on uncontended acquisitions.
+        name: shown in ``repr`` and diagnostics.
+
+    .. versionadded:: 0.1
+    """
+
+    # Invariants (checked by _check_invariants after every step of the stress and model tests):
+    #   _writer is not None      implies  no task in _readers (the writer's own read levels
+    #                                     are counted in _s.wreads)
+    #   _s is None               implies  no waiters, no upgradable hold, one write level
+    #   a reader waits           only while a writer holds, an upgrade is pending, or a writer
+    #                                     that arrived before it is queued
+    #   nothing grantable waits  (after every operation: no lost hand-off)
+    __slots__ = (
+        "__weakref__",
+        "_fast",
+        "_loop",
+        "_name",
+        "_readers",
+        "_rv",
+        "_s",
+        "_uv",
+        "_version",
+        "_writer",
+        "_wv",
+    )
+
+    def __init__(self, *, fast_acquire: bool = False, name: str | None = None) -> None:
+        self._fast = check_flag(fast_acquire, "fast_acquire")
+        self._name = check_name(name)
+        self._readers: dict[Any, int] | None = None  # task -> read levels
+        self._writer: Any = None
+        self._version = 0
+        self._s: _RWState | None = None
+        self._loop: Any = None
+        self._rv: ReadLock | None = None
+        self._wv: WriteLock | None = None
+        self._uv: UpgradableLock | None = None
+
+    @property
+    def reader(self) -> ReadLock:
+        """The shared (read) side: many tasks may hold it at once."""
+        view = self._rv
+        if view is None:
+            view = self._rv = ReadLock(self)
+        return view
+
+    @property
+    def writer(self) -> WriteLock:
+        """The exclusive (write) side."""
+        view = self._wv
+        if view is None:
+            view = self._wv = WriteLock(self)
+        return view
+
+    @property
+    def upgradable(self) -> UpgradableLock:
+        """An upgradable read: shared with readers, exclusive among upgraders and writers."""
+        view = self._uv
+        if view is None:
+            view = self._uv = UpgradableLock(self)
+        return view
+
+    @property
+    def version(self) -> int:
+        """Moves by one at each outermost write acquisition and at its final release.
+
+        Odd while the lock is write-held; re-entrant write levels do not move it.
+        """
+        return self._version
+
+    def __repr__(self) -> str:
+        name = f" {self._name!r}" if self._name else ""
+        parts = []
+        if self._writer is not None:
+            parts.append(f"write-held by {who(self._writer)}")
+        readers = self._readers
+        if readers:
+            parts.append(f"{len(readers)} reader(s)")
+        s = self._s
+        if s is not None:
+            if s.upg is not None and not s.upgraded:
+                parts.append(f"upgradable held by {who(s.upg)}")
+            if s.rq:
+                parts.append(f"{len(s.rq)} reader(s) waiting")
+            waiting = len(s.wq) + (s.upgrading is not None)
+            if waiting:
+                parts.append(f"{waiting} writer(s) waiting")
+            if s.broken:
+                parts.append("broken")
+        state = ", ".join(parts) or "unlocked"
+        return f"<aiolocks.RWLock{name} {state} at {id(self):#x}>"
+
+    def statistics(self) -> RWLockStatistics:
+        """Return a :class:`RWLockStatistics` snapshot."""
+        s = self._s
+        readers = len(self._readers) if self._readers else 0
+        if s is None:
+            return RWLockStatistics(readers, task_info(self._writer), 0, 0, self._version)
+        if s.upg is not None and not s.upgraded and not (self._readers and s.upg in self._readers):
+            readers += 1
+        return RWLockStatistics(
+            readers,
+            task_info(self._writer),
+            len(s.rq),
+            len(s.wq) + (s.upgrading is not None),
+            self._version,
+        )
+
+    # -- deciding: grant now (True), wait (False), or refuse (raise) -------------------------
+
+    def _state(self) -> _RWState:
+        s = self._s
+        if s is None:
+            s = self._s = _RWState()
+        return s
+
+    def _try_read(self, task: Any) -> bool:
+        readers = self._readers
+        if readers is None:
+            readers = self._readers = {}
+        n = readers.get(task)
+        if n is not None:  # re-entrant: never queue behind writers (that is the classic hang)
+            readers[task] = n + 1
+            return True
+        s = self._s
+        if self._writer is task:
+            self._state().wreads += 1
+            return True
+        if s is not None and s.upg is task:
+            readers[task] = 1
+            return True
+        if self._writer is None and (s is None or (s.upgrading is None and not s.qwriters)):
+            readers[task] = 1
+            return True
+        return False
+
+    def _try_write(self, task: Any) -> bool:
+        if self._writer is task:
+            self._state().wextra += 1
+            return True
+        readers = self._readers
+        if readers and task in readers:
+            raise DeadlockError(
+                f"{self!r}: this task holds a read lock and asks for the write lock; it would "
+                "wait for itself (and two such readers for each other) forever. Release the read "
+                "lock first, or take rw.upgradable and call upgrade()"
+            )
+        s = self._s
+        if s is not None and s.upg is task:
+            raise DeadlockError(
+                f"{self!r}: this task holds the upgradable lock; use rw.upgradable.upgrade() "
+                "to get the write lock"
+            )
+        if self._writer is None and not readers:
+            if s is None:
+                self._writer = task
+                self._version += 1
+                return True
+            if s.upg is None and not s.wq:
+                self._writer = task
+                self._version += 1
+                return True
+        return False
+
+    def _try_upgradable(self, task: Any) -> bool:
+        s = self._s
+        if self._writer is task or (s is not None and s.upg is task):
+            raise DeadlockError(
+                f"{self!r}: this task already holds the "
+                f"{'write' if self._writer is task else 'upgradable'} lock; the upgradable "
+                "lock is not re-entrant"
+            )
+        if self._readers and task in self._readers:
+            raise DeadlockError(
+                f"{self!r}: this task holds a read lock; it could never upgrade. Take the "
+                "upgradable lock instead of (not on top of) the read lock"
+            )
+        if self._writer is None and (s is None or (s.upg is None and not s.wq)):
+            self._state().upg = task
+            return True
+        return False
+
+    def _enter(self, task: Any, mode: int) -> Awaitable[None]:
+        """The slow half of an acquire: an immediate grant, a refusal, or a wait."""
+        if mode == READ:
+            granted, undo = self._try_read(task), self._release_read
+        elif mode == WRITE:
+            granted, undo = self._try_write(task), self._release_write
+        else:
+            granted, undo = self._try_upgradable(task), self._release_upgradable
+        if granted:
+            if self._fast:
+                return READY
+            return held_checkpoint(self._loop, undo, task)
+        return self._wait(task, mode)
+
+    async def _wait(self, task: Any, mode: int) -> None:
+        s = self._state()
+        self._watch_holders(s)  # may find a holder already gone and break the lock
+        if s.broken:
+            raise BrokenResourceError(self._broken_message())
+        s.ticket += 1
+        waiter = new_waiter(self._loop, task, mode, s.ticket)
+        if mode == READ:
+            s.rq.append(waiter)
+        else:
+            s.wq.append(waiter)
+            if mode == WRITE:
+                s.qwriters += 1
+        await waiter.park(self)
+
+    # -- releasing ---------------------------------------------------------------------------
+
+    def _release_read(self, task: Any) -> None:
+        readers = self._readers
+        n = readers.get(task) if readers else None
+        s = self._s
+        if n is None:
+            if self._writer is task and s is not None and s.wreads:
+                s.wreads -= 1
+                self._maybe_idle(s)
+                return
+            raise RuntimeError(
+                f"{self!r}: reader.release() by {who(task)}, which holds no read lock"
+            )
+        assert readers is not None
+        if n > 1:
+            readers[task] = n - 1
+            return
+        del readers[task]
+        if s is not None:
+            self._forget(s, task)
+            if not readers:
+                self._dispatch(s, False)
+            self._maybe_idle(s)
+
+    def _release_write(self, task: Any, *, whole_upgrade: bool = False) -> None:
+        if self._writer is not task:
+            held = (
+                "it is not write-held" if self._writer is None else f"{who(self._writer)} holds it"
+            )
+            raise RuntimeError(f"{self!r}: writer.release() by {who(task)}, but {held}")
+        s = self._s
+        if s is None:
+            self._writer = None
+            self._version += 1
+            return
+        if s.wextra:
+            s.wextra -= 1
+            return
+        if s.upgraded:
+            if not whole_upgrade:
+                raise RuntimeError(
+                    f"{self!r}: this write hold came from upgrade(); release it with "
+                    "rw.upgradable.release(), or go back to the upgradable hold with "
+                    "rw.writer.downgrade()"
+                )
+            s.upgraded = False
+            s.upg = None
+        self._writer = None
+        self._version += 1
+        if s.wreads:  # read levels taken on top of the write hold outlive it
+            readers = self._readers
+            if readers is None:
+                readers = self._readers = {}
+            readers[task] = s.wreads
+            s.wreads = 0
+        self._forget(s, task)
+        self._dispatch(s, True)
+        self._maybe_idle(s)
+
+    def _release_upgradable(self, task: Any) -> None:
+        s = self._s
+        if s is None or s.upg is not task:
+            raise RuntimeError(
+                f"{self!r}: upgradable.release() by {who(task)}, which does not hold the "
+                "upgradable lock"
+            )
+        if s.upgraded:
+            if s.wextra:
+                raise RuntimeError(
+                    f"{self!r}: release the re-entrant write levels taken after upgrade() first"
+                )
+            self._release_write(task, whole_upgrade=True)
+            return
+        s.upg = None
+        self._forget(s, task)
+        self._dispatch(s, False)
+        self._maybe_idle(s)
+
+    def _downgrade(self, task: Any) -> None:
+        if self._writer is not task:
+            raise RuntimeError(
+                f"{self!r}: writer.downgrade() by {who(task)}, which does not hold the write lock"
+            )
+        s = self._s
+        if s is not None and s.wextra:
+            raise RuntimeError(
+                f"{self!r}: writer.downgrade() while the write lock is held re-entrantly "
+                f"({s.wextra + 1} levels); release the inner levels first"
+            )
+        self._writer = None
+        self._version += 1
+        readers = self._readers
+        if readers is None:
+            readers = self._readers = {}
+        extra = 0
+        if s is not None:
+            extra, s.wreads = s.wreads, 0
+        if s is not None and s.upgraded:
+            s.upgraded = False  # back to the upgradable hold
+            if extra:
+                readers[task] = extra
+        else:
+            readers[task] = 1 + extra
+        if s is not None:
+            self._dispatch(s, True)
+            self._maybe_idle(s)
+
+    # -- hand-off ----------------------------------------------------------------------------
+
+    def _dispatch(self, s: _RWState, phase_fair: bool) -> None:
+        """Grant whatever can be granted now.  ``phase_fair``: a write phase just ended."""
+        if self._writer is not None:
+            return
+        up = s.upgrading
+        if up is not None:
+            if self._readers:
+                return  # it waits for the readers to leave; new readers queue behind it
+            s.upgrading = None
+            if up.grant():
+                self._writer = up.task
+                s.upgraded = True
+                self._version += 1
+                return
+            # its future was already cancelled: carry on as if it had never asked
+        if s.rq:
+            # After a write phase every waiting reader goes; otherwise only those that no
+            # queued writer arrived before (a waiting writer holds back later readers).
+            limit = _NO_LIMIT if phase_fair else s.first_writer_ticket()
+            readers = self._readers
+            if readers is None:
+                readers = self._readers = {}
+            rq = s.rq
+            while True:
+                w = rq.first()
+                if w is None or w.ticket > limit:
+                    break
+                rq.popleft()
+                if w.grant():
+                    readers[w.task] = 1
+        wq = s.wq
+        while True:
+            w = wq.first()
+            if w is None:
+                break
+            if w.mode == WRITE:
+                if self._readers or s.upg is not None:
+                    break
+                wq.popleft()
+                s.qwriters -= 1
+                if w.grant():
+                    self._writer = w.task
+                    self._version += 1
+                    break
+            else:
+                if s.upg is not None:
+                    break
+                wq.popleft()
+                if w.grant():
+                    s.upg = w.task
+                    break
+        if s.has_waiters():
+            self._watch_holders(s)
+
+    def _maybe_idle(self, s: _RWState) -> None:
+        if s.has_waiters():
+            return
+        if s.watched and not s.broken:
+            for task, token in s.watched.items():
+                unwatch(task, token)
+            s.watched.clear()
+        if (
+            s.upg is None
+            and not s.upgraded
+            and not s.wextra
+            and not s.wreads
+            and not s.broken
+            and not s.watched
+        ):
+            self._s = None
+
+    # -- the queue's callbacks -----------------------------------------------------------------
+
+    def _waiter_gone(self, waiter: Waiter) -> None:
+        s = self._s
+        assert s is not None
+        if waiter is s.upgrading:
+            s.upgrading = None
+            waiter.state = GONE
+        elif waiter.mode == READ:
+            s.rq.remove(waiter)
+        else:
+            s.wq.remove(waiter)
+            if waiter.mode == WRITE:
+                s.qwriters -= 1
+        self._dispatch(s, False)
+        self._maybe_idle(s)
+
+    def _grant_abandoned(self, waiter: Waiter) -> None:
+        task, mode = waiter.task, waiter.mode
+        if mode == READ:
+            self._release_read(task)
+        elif mode == WRITE:
+            self._release_write(task)
+        elif mode == UPGRADABLE:
+            self._release_upgradable(task)
+        else:
+            self._downgrade(task)  # a cancelled upgrade() keeps the upgradable hold
+
+    # -- holders that exit holding the lock -----------------------------------------------------
+
+    def _holds(self, s: _RWState, task: Any) -> bool:
+        return (
+            self._writer is task or s.upg is task or bool(self._readers and task in self._readers)
+        )
+
+    def _watch_holders(self, s: _RWState) -> None:
+        watched = s.watched
+        holders = list(self._readers or ())
+        if self._writer is not None:
+            holders.append(self._writer)
+        if s.upg is not None:
+            holders.append(s.upg)
+        for task in holders:
+            if task not in watched and not s.broken:
+                watched[task] = None
+                watched[task] = watch(task, self._holder_exited)
+
+    def _forget(self, s: _RWState, task: Any) -> None:
+        if task in s.watched and not self._holds(s, task):
+            unwatch(task, s.watched.pop(task))
+
+    def _holder_exited(self, task: Any) -> None:
+        s = self._s
+        if s is None or not self._holds(s, task):
+            return
+        s.watched.pop(task, None)
+        s.broken = True
+        message = self._broken_message(task)
+        failed = s.wq.take_all()
+        s.qwriters = 0
+        if s.upgrading is not None:
+            failed.append(s.upgrading)
+            s.upgrading = None
+        if self._writer is task:
+            failed += s.rq.take_all()
+        for w in failed:
+            w.fail(BrokenResourceError(message))
+        self._dispatch(s, False)  # readers held back only by the failed writers may go
+
+    def _broken_message(self, task: Any = None) -> str:
+        if task is None:
+            return f"{self!r}: a task holding it exited without releasing it"
+        return f"{self!r}: {who(task)} exited while holding it"
+
+    # -- misc --------------------------------------------------------------------------------
+
+    def _in_use(self) -> bool:
+        return self._writer is not None or bool(self._readers) or self._s is not None
+
+    def _me(self) -> Any:
+        task = task_of(self._loop)
+        if task is None:
+            task = resolve_task(self)
+        return task
+
+    def _check_invariants(self) -> None:
+        readers = self._readers or {}
+        assert all(n >= 1 for n in readers.values()), "a reader with no levels"
+        writer = self._writer
+        if writer is not None:
+            assert writer not in readers, "the writer is counted as a plain reader"
+            assert not readers, "readers hold the lock together with a writer"
+            assert self._version % 2 == 1, "version even while write-held"
+        else:
+            assert self._version % 2 == 0, "version odd while not write-held"
+        s = self._s
+        if s is None:
+            return
+        for q in (s.rq, s.wq):
+            assert q._live == sum(1 for _ in q), "live count out of step with the queue"
+        assert all(w.mode == READ for w in s.rq)
+        assert s.qwriters == sum(1 for w in s.wq if w.mode == WRITE), "queued writer count"
+        if s.upgrading is not None:
+            assert s.upg is s.upgrading.task and writer is None, "upgrade pending without hold"
+        if s.upgraded:
+            assert writer is not None and writer is s.upg, "upgraded without the upgrader writing"
+        elif s.upg is not None:
+            assert writer is None, "writer alongside an upgradable holder"
+        if writer is None:
+            assert not s.wextra and not s.wreads, "write levels without a writer"
+            if s.upgrading is not None:
+                assert readers, "a pending upgrade was not granted with no readers left"
+            else:
+                limit = s.first_writer_ticket()
+                assert all(w.ticket > limit for w in s.rq), "a reader waits for no reason"
+                head = s.wq.first()
+                if head is not None and head.mode == WRITE:
+                    assert readers or s.upg is not None, "a writer waits on a free lock"
+                elif head is not None:
+                    assert s.upg is not None, "an upgradable request waits for no reason"
+        if s.has_waiters() and not s.broken:
+            for t in list(readers) + [t for t in (writer, s.upg) if t is not None]:
+                assert t in s.watched, "a holder is not watched while tasks wait"
+
+
+class _View:
+    """What the three views share: the misuse guards and ``acquire``."""
+
+    __slots__ = ("__weakref__", "_rw")
+
+    _mode = READ
+
+    def __init__(self, rw: RWLock) -> None:
+        self._rw = rw
+
+    def __aenter__(self) -> Awaitable[None]:
+        rw = self._rw
+        return rw._enter(rw._me(), self._mode)
+
+    def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Awaitable[None]:
+        self.release()
+        return READY
+
+    async def acquire(self) -> None:
+        """Acquire this side of the lock, waiting while that is not possible.
+
+        Raises:
+            DeadlockError: the request could never be granted (see :class:`RWLock`).
+            anyio.BrokenResourceError: a task holding a conflicting hold exited.
+        """
+        await self.__aenter__()
+
+    def acquire_nowait(self) -> None:
+        """Acquire without waiting.  Never jumps the queue (except re-entrant acquisitions).
+
+        Raises:
+            anyio.WouldBlock: the lock would have to wait.
+            DeadlockError: the request could never be granted.
+        """
+        rw = self._rw
+        task = rw._me()
+        if self._mode == READ:
+            granted = rw._try_read(task)
+        elif self._mode == WRITE:
+            granted = rw._try_write(task)
+        else:
+            granted = rw._try_upgradable(task)
+        if not granted:
+            raise WouldBlock
+
+    def release(self) -> None:  # pragma: no cover - every view overrides it
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{_MODE_NAMES[self._mode]} side of {self._rw!r}>"
+
+    def __enter__(self) -> None:
+        no_sync_with(self)
+
+    def __exit__(self, *args: object) -> None:
+        no_sync_with(self)
+
+
+@final
+class ReadLock(_View):
+    """The read side of an :class:`RWLock` (``rw.reader``); shared among tasks.
+
+    .. versionadded:: 0.1
+    """
+
+    __slots__ = ()
+
+    def __aenter__(self) -> Awaitable[None]:
+        rw = self._rw
+        task = task_of(rw._loop)
+        if task is None:
+            task = resolve_task(rw)
+        if rw._writer is None and rw._s is None:
+            readers = rw._readers
+            if readers is None:
+                readers = rw._readers = {}
+            readers[task] = readers.get(task, 0) + 1
+            if rw._fast:
+                return READY
+            return held_checkpoint(rw._loop, rw._release_read, task)
+        return rw._enter(task, READ)
+
+    def release(self) -> None:
+        """Release one read level of the calling task.
+
+        Raises:
+            RuntimeError: the calling task holds no read lock (nothing is changed).
+        """
+        rw = self._rw
+        task = task_of(rw._loop)
+        if task is None:
+            task = resolve_task(rw)
+        readers = rw._readers
+        if rw._s is None and readers:
+            n = readers.get(task, 0)
+            if n == 1:
+                del readers[task]
+                return
+            if n > 1:
+                readers[task] = n - 1
+                return
+        rw._release_read(task)
+
+    def locked(self) -> bool:
+        """True if any task holds a read lock."""
+        return bool(self._rw._readers)
+
+    def statistics(self) -> RWLockStatistics:
+        """The whole lock's :class:`RWLockStatistics`."""
+        return self._rw.statistics()
+
+
+@final
+class WriteLock(_View):
+    """The write side of an :class:`RWLock` (``rw.writer``); exclusive.
+
+    .. versionadded:: 0.1
+    """
+
+    __slots__ = ()
+    _mode = WRITE
+
+    def __aenter__(self) -> Awaitable[None]:
+        rw = self._rw
+        task = task_of(rw._loop)
+        if task is None:
+            task = resolve_task(rw)
+        if rw._writer is None and rw._s is None and not rw._readers:
+            rw._writer = task
+            rw._version += 1
+            if rw._fast:
+                return READY
+            return held_checkpoint(rw._loop, rw._release_write, task)
+        return rw._enter(task, WRITE)
+
+    def release(self) -> None:
+        """Release one write level of the calling task, handing the lock on if it was the last.
+
+        Raises:
+            RuntimeError: the calling task does not hold the write lock (nothing is changed).
+        """
+        rw = self._rw
+        task = task_of(rw._loop)
+        if task is None:
+            task = resolve_task(rw)
+        if rw._writer is task and rw._s is None:
+            rw._writer = None
+            rw._version += 1
+            return
+        rw._release_write(task)
+
+    def downgrade(self) -> None:
+        """Atomically turn the caller's write hold into a read hold.
+
+        Waiting readers are admitted at once; no writer is.  After ``rw.upgradable.upgrade()``
+        it returns the caller to the upgradable hold instead.
+
+        Raises:
+            RuntimeError: the caller does not hold the write lock, or holds it re-entrantly.
+        """
+        rw = self._rw
+        rw._downgrade(rw._me())
+
+    def locked(self) -> bool:
+        """True if some task holds the write lock."""
+        return self._rw._writer is not None
+
+    def statistics(self) -> LockStatistics:
+        """anyio's :class:`~anyio.LockStatistics` shape: (locked, owner, tasks_waiting)."""
+        rw = self._rw
+        s = rw._s
+        waiting = 0 if s is None else len(s.wq) + (s.upgrading is not None)
+        return LockStatistics(rw._writer is not None, task_info(rw._writer), waiting)
+
+
+@final
+class UpgradableLock(_View):
+    """The upgradable-read side of an :class:`RWLock` (``rw.upgradable``).
+
+    At most one task holds it; it coexists with plain readers and excludes writers and other
+    upgradable holders.  ``await upgrade()`` turns it into the write hold once the other readers
+    have left (new readers queue behind it), so two upgraders can never deadlock each other.
+
+    .. versionadded:: 0.1
+    """
+
+    __slots__ = ()
+    _mode = UPGRADABLE
+
+    def release(self) -> None:
+        """Release the upgradable hold (the write hold, after ``upgrade()``).
+
+        Raises:
+            RuntimeError: the calling task does not hold it (nothing is changed).
+        """
+        rw = self._rw
+        rw._release_upgradable(rw._me())
+
+    def _check_upgrade(self, task: Any) -> _RWState:
+        rw = self._rw
+        s = rw._s
+        if s is None or s.upg is not task:
+            raise RuntimeError(f"{rw!r}: upgrade() by {who(task)}, which does not hold it")
+        if s.upgraded:
+            raise RuntimeError(f"{rw!r}: upgrade() by {who(task)}, which already upgraded")
+        if rw._readers and task in rw._readers:
+            raise DeadlockError(
+                f"{rw!r}: upgrade() by a task that also holds a plain read lock would wait "
+                "for itself forever; release the read lock first"
+            )
+        return s
+
+    def _upgrade_now(self, s: _RWState, task: Any) -> bool:
+        rw = self._rw
+        if rw._readers:
+            return False
+        rw._writer = task
+        s.upgraded = True
+        rw._version += 1
+        return True
+
+    async def upgrade(self) -> None:
+        """Atomically turn the upgradable hold into the write hold.
+
+        Waits for the plain readers to leave; readers arriving meanwhile queue behind it.  If
+        cancelled while waiting, the caller keeps the upgradable hold.
+
+        Raises:
+            RuntimeError: the caller does not hold the upgradable lock.
+            DeadlockError: the caller also holds a plain read lock.
+            anyio.BrokenResourceError: a reader exited holding the lock.
+        """
+        rw = self._rw
+        task = rw._me()
+        s = self._check_upgrade(task)
+        if self._upgrade_now(s, task):
+            if not rw._fast:
+                await held_checkpoint(rw._loop, rw._downgrade, task)
+            return
+        rw._watch_holders(s)
+        if s.broken:
+            raise BrokenResourceError(rw._broken_message())
+        s.ticket += 1
+        waiter = new_waiter(rw._loop, task, UPGRADE, s.ticket)
+        s.upgrading = waiter
+        await waiter.park(rw)
+
+    def upgrade_nowait(self) -> None:
+        """Upgrade if no other reader holds the lock.
+
+        Raises:
+            anyio.WouldBlock: other readers hold the lock.
+        """
+        rw = self._rw
+        task = rw._me()
+        if not self._upgrade_now(self._check_upgrade(task), task):
+            raise WouldBlock
+
+    def locked(self) -> bool:
+        """True if some task holds the upgradable lock."""
+        s = self._rw._s
+        return s is not None and s.upg is not None
+
+    def statistics(self) -> RWLockStatistics:
+        """The whole lock's :class:`RWLockStatistics`."""
+        return self._rw.statistics()

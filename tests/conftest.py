@@ -1,0 +1,25 @@
+"""Shared fixtures: every behavioural test runs on asyncio, asyncio+uvloop and trio."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import pytest
+
+_BACKENDS: list[Any] = [
+    pytest.param(("asyncio", {}), id="asyncio"),
+    pytest.param(("trio", {}), id="trio"),
+]
+if sys.platform != "win32":
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:  # pragma: no cover - uvloop is in the test extra
+        pass
+    else:
+        _BACKENDS.insert(1, pytest.param(("asyncio", {"use_uvloop": True}), id="asyncio+uvloop"))
+
+
+@pytest.fixture(params=_BACKENDS)
+def anyio_backend(request: pytest.FixtureRequest) -> Any:
+    return request.param
