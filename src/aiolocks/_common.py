@@ -6,10 +6,11 @@ import sys
 import types
 from collections.abc import Awaitable, Generator
 from typing import Any, Callable, NoReturn
+from weakref import WeakKeyDictionary
 
 from ._backend import TRIO, task_name
 
-__all__ = ["check_flag", "check_name", "held_checkpoint", "no_sync_with", "who"]
+__all__ = ["check_flag", "held_checkpoint", "name_of", "no_sync_with", "set_name", "who"]
 
 
 @types.coroutine
@@ -52,10 +53,22 @@ def who(task: Any) -> str:
     return "no task" if task is None else f"task {task_name(task)!r}"
 
 
-def check_name(name: str | None) -> str | None:
-    if name is not None and not isinstance(name, str):
+# Names live outside the primitives: most locks have none, and a slot costs every instance.
+_NAMES: WeakKeyDictionary[Any, str] = WeakKeyDictionary()
+
+
+def set_name(prim: object, name: str | None) -> None:
+    """Record ``name=`` for ``prim`` (validated: a str or None)."""
+    if name is None:
+        return
+    if not isinstance(name, str):
         raise TypeError(f"name must be a str or None, not {type(name).__name__}")
-    return name
+    _NAMES[prim] = name
+
+
+def name_of(prim: object) -> str | None:
+    """The name given to ``prim``, if any."""
+    return _NAMES.get(prim)
 
 
 def check_flag(value: object, what: str) -> bool:

@@ -9,7 +9,7 @@ from typing import Any, final
 from anyio import BrokenResourceError, LockStatistics, WouldBlock
 
 from ._backend import READY, resolve_task, task_info, task_of, unwatch, watch
-from ._common import check_flag, check_name, held_checkpoint, no_sync_with, who
+from ._common import check_flag, held_checkpoint, name_of, no_sync_with, set_name, who
 from ._exceptions import DeadlockError
 from ._queue import Waiter, WaitQueue, new_waiter
 
@@ -64,17 +64,18 @@ class Lock:
     #   _q is not None    implies  _owner is not None   (waiters only queue behind an owner)
     #   _q is not None    implies  len(_q) > 0 or _q.broken
     #   _q.watch_token    is set while _q has waiters (so an exiting owner breaks the lock)
-    __slots__ = ("__weakref__", "_fast", "_loop", "_name", "_owner", "_q")
+    __slots__ = ("__weakref__", "_fast", "_loop", "_owner", "_q")
 
     def __init__(self, *, fast_acquire: bool = False, name: str | None = None) -> None:
         self._fast = check_flag(fast_acquire, "fast_acquire")
-        self._name = check_name(name)
+        set_name(self, name)
         self._owner: Any = None
         self._q: _LockQueue | None = None
         self._loop: Any = None
 
     def __repr__(self) -> str:
-        name = f" {self._name!r}" if self._name else ""
+        name = name_of(self)
+        name = f" {name!r}" if name else ""
         if self._owner is None:
             state = "unlocked"
         else:

@@ -17,7 +17,7 @@ from typing import Any, final
 from anyio import BrokenResourceError, LockStatistics, TaskInfo, WouldBlock
 
 from ._backend import READY, resolve_task, task_info, task_of, unwatch, watch
-from ._common import check_flag, check_name, held_checkpoint, no_sync_with, who
+from ._common import check_flag, held_checkpoint, name_of, no_sync_with, set_name, who
 from ._exceptions import DeadlockError
 from ._queue import GONE, Waiter, WaitQueue, new_waiter
 
@@ -144,7 +144,6 @@ class RWLock:
         "__weakref__",
         "_fast",
         "_loop",
-        "_name",
         "_readers",
         "_rv",
         "_s",
@@ -156,7 +155,7 @@ class RWLock:
 
     def __init__(self, *, fast_acquire: bool = False, name: str | None = None) -> None:
         self._fast = check_flag(fast_acquire, "fast_acquire")
-        self._name = check_name(name)
+        set_name(self, name)
         self._readers: dict[Any, int] | None = None  # task -> read levels
         self._writer: Any = None
         self._version = 0
@@ -199,7 +198,8 @@ class RWLock:
         return self._version
 
     def __repr__(self) -> str:
-        name = f" {self._name!r}" if self._name else ""
+        name = name_of(self)
+        name = f" {name!r}" if name else ""
         parts = []
         if self._writer is not None:
             parts.append(f"write-held by {who(self._writer)}")
