@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Generator
 from typing import Any, Callable, NoReturn
 from weakref import WeakKeyDictionary
 
-from ._backend import TRIO, task_name
+from ._backend import READY, TRIO, task_name
 
 __all__ = ["check_flag", "held_checkpoint", "name_of", "no_sync_with", "set_name", "who"]
 
@@ -30,15 +30,31 @@ async def _trio_held_checkpoint(undo: Callable[[Any], None], task: Any) -> None:
         raise
 
 
-def held_checkpoint(loop: Any, undo: Callable[[Any], None], task: Any) -> Awaitable[None]:
-    """The checkpoint of a default-mode acquire that got the lock without waiting.
+async def _trio_held_cancel_point(undo: Callable[[Any], None], task: Any) -> None:
+    try:
+        await sys.modules["trio"].lowlevel.checkpoint_if_cancelled()
+    except BaseException:
+        undo(task)
+        raise
+
+
+def held_checkpoint(
+    loop: Any, undo: Callable[[Any], None], task: Any, fast: bool = False
+) -> Awaitable[None]:
+    """The checkpoint of an acquire that got the lock without waiting.
 
     The lock is taken first and the checkpoint follows: if the task is cancelled there, ``undo``
     gives the lock back before the cancellation propagates, so the caller never holds it.  One
-    yield to the event loop gives both the schedule point and the cancel point.
+    yield to the event loop gives both the schedule point and the cancel point.  With ``fast``
+    (``fast_acquire=True``) there is no schedule point: nothing at all on asyncio (as
+    ``asyncio.Lock``), a cancel point on trio (as trio's conventions require).
     """
     if loop is TRIO:
+        if fast:
+            return _trio_held_cancel_point(undo, task)
         return _trio_held_checkpoint(undo, task)
+    if fast:
+        return READY
     return _asyncio_held_checkpoint(undo, task)
 
 

@@ -8,7 +8,7 @@ from typing import Any, final
 
 from anyio import BrokenResourceError, LockStatistics, WouldBlock
 
-from ._backend import READY, resolve_task, task_info, task_of, unwatch, watch
+from ._backend import READY, TRIO, resolve_task, task_info, task_of, unwatch, watch
 from ._common import check_flag, held_checkpoint, name_of, no_sync_with, set_name, who
 from ._exceptions import DeadlockError
 from ._queue import Waiter, WaitQueue, new_waiter
@@ -92,9 +92,9 @@ class Lock:
             task = resolve_task(self)
         if self._owner is None and self._q is None:
             self._owner = task
-            if self._fast:
+            if self._fast and self._loop is not TRIO:
                 return READY
-            return held_checkpoint(self._loop, self._undo_acquire, task)
+            return held_checkpoint(self._loop, self._undo_acquire, task, self._fast)
         return self._acquire_contended(task)
 
     async def acquire(self) -> None:
@@ -195,6 +195,8 @@ class Lock:
             if waiter.grant():
                 if q:
                     self._watch_owner(q)
+                elif not q.broken:
+                    self._q = None
                 return
 
     # -- the queue's callbacks ---------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Any, final
 
 from anyio import BrokenResourceError, LockStatistics, TaskInfo, WouldBlock
 
-from ._backend import READY, resolve_task, task_info, task_of, unwatch, watch
+from ._backend import READY, TRIO, resolve_task, task_info, task_of, unwatch, watch
 from ._common import check_flag, held_checkpoint, name_of, no_sync_with, set_name, who
 from ._exceptions import DeadlockError
 from ._queue import GONE, Waiter, WaitQueue, new_waiter
@@ -319,9 +319,7 @@ class RWLock:
         else:
             granted, undo = self._try_upgradable(task), self._release_upgradable
         if granted:
-            if self._fast:
-                return READY
-            return held_checkpoint(self._loop, undo, task)
+            return held_checkpoint(self._loop, undo, task, self._fast)
         return self._wait(task, mode)
 
     async def _wait(self, task: Any, mode: int) -> None:
@@ -727,9 +725,9 @@ class ReadLock(_View):
             if readers is None:
                 readers = rw._readers = {}
             readers[task] = readers.get(task, 0) + 1
-            if rw._fast:
+            if rw._fast and rw._loop is not TRIO:
                 return READY
-            return held_checkpoint(rw._loop, rw._release_read, task)
+            return held_checkpoint(rw._loop, rw._release_read, task, rw._fast)
         return rw._enter(task, READ)
 
     def release(self) -> None:
@@ -780,9 +778,9 @@ class WriteLock(_View):
         if rw._writer is None and rw._s is None and not rw._readers:
             rw._writer = task
             rw._version += 1
-            if rw._fast:
+            if rw._fast and rw._loop is not TRIO:
                 return READY
-            return held_checkpoint(rw._loop, rw._release_write, task)
+            return held_checkpoint(rw._loop, rw._release_write, task, rw._fast)
         return rw._enter(task, WRITE)
 
     def release(self) -> None:
@@ -886,8 +884,7 @@ class UpgradableLock(_View):
         task = rw._me()
         s = self._check_upgrade(task)
         if self._upgrade_now(s, task):
-            if not rw._fast:
-                await held_checkpoint(rw._loop, rw._downgrade, task)
+            await held_checkpoint(rw._loop, rw._downgrade, task, rw._fast)
             return
         rw._watch_holders(s)
         if s.broken:
