@@ -638,9 +638,17 @@ class RWLock:
                     assert readers or s.upg is not None, "a writer waits on a free lock"
                 elif head is not None:
                     assert s.upg is not None, "an upgradable request waits for no reason"
-        if s.has_waiters() and not s.broken:
-            for t in list(readers) + [t for t in (writer, s.upg) if t is not None]:
-                assert t in s.watched, "a holder is not watched while tasks wait"
+        if not s.broken:
+            # Every holder that some waiter waits for is watched (a holder that exits breaks the
+            # lock instead of stranding them).  Readers admitted next to queued upgradable
+            # requests block nobody yet; a later waiter that needs them gone watches them.
+            blocking: set[Any] = set()
+            if s.rq or s.wq:
+                blocking.update(t for t in (writer, s.upg) if t is not None)
+            if s.qwriters or s.upgrading is not None:
+                blocking.update(readers)
+            missing = blocking - set(s.watched)
+            assert not missing, f"holders not watched while tasks wait for them: {missing}"
 
 
 class _View:
