@@ -21,6 +21,8 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any, Protocol
 
+from ._backend import TRIO
+
 __all__ = [
     "GONE",
     "GRANTED",
@@ -78,7 +80,10 @@ class AsyncioWaiter(Waiter):
     __slots__ = ("_fut",)
 
     def __init__(self, task: Any, mode: int, ticket: int, loop: Any) -> None:
-        super().__init__(task, mode, ticket)
+        self.task = task
+        self.mode = mode
+        self.ticket = ticket
+        self.state = WAITING
         self._fut = loop.create_future()
 
     async def park(self, owner: Parker) -> None:
@@ -199,8 +204,6 @@ class WaitQueue:
 
 def new_waiter(loop: Any, task: Any, mode: int, ticket: int) -> Waiter:
     """A waiter for ``task`` of the backend ``loop`` stands for (an asyncio loop or TRIO)."""
-    from ._backend import TRIO
-
     if loop is TRIO:
         return TrioWaiter(task, mode, ticket)
     return AsyncioWaiter(task, mode, ticket, loop)

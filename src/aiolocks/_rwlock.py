@@ -554,15 +554,22 @@ class RWLock:
         )
 
     def _watch_holders(self, s: _RWState) -> None:
+        """Watch every holder (``s.watched`` only ever holds current holders)."""
+        if s.broken:
+            return
         watched = s.watched
-        holders = list(self._readers or ())
-        if self._writer is not None:
-            holders.append(self._writer)
-        if s.upg is not None:
-            holders.append(s.upg)
-        for task in holders:
-            if task not in watched and not s.broken:
-                watched[task] = None
+        readers = self._readers
+        writer, upg = self._writer, s.upg
+        holders = len(readers) if readers else 0
+        if writer is not None:
+            holders += 1
+        if upg is not None and upg is not writer and not (readers and upg in readers):
+            holders += 1
+        if len(watched) >= holders:
+            return
+        for task in [writer, upg, *(readers or ())]:
+            if task is not None and task not in watched and not s.broken:
+                watched[task] = None  # a watch may report an exit at once (trio)
                 watched[task] = watch(task, self._holder_exited)
 
     def _forget(self, s: _RWState, task: Any) -> None:
