@@ -491,6 +491,11 @@ class RWLock:
                     self._writer = w.task
                     self._version += 1
                     break
+                if s.rq and not phase_fair:
+                    # A cancelled writer (its future already cancelled, so it will not come
+                    # back to us) was holding back the readers queued after it: start over.
+                    self._dispatch(s, False)
+                    return
             else:
                 if s.upg is not None:
                     break

@@ -1,0 +1,793 @@
+"""The benchmark scenarios, one function each, all reporting into a ``Collector``.
+
+Conventions: every time sample runs in a fresh event loop (``asyncio.run`` / ``trio.run``) and
+is timed inside it with ``perf_counter`` (loop start-up excluded); candidates are interleaved
+and compared by the median of per-repetition ratios (see ``_harness``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import itertools
+import random
+import tracemalloc
+from dataclasses import dataclass
+from time import perf_counter
+from typing import Any, Callable
+
+import anyio
+import trio
+import trio.testing
+
+import _peers as P
+from _harness import Check, Collector, Result, interleave, median, paired_ratio, run_on
+
+Sample = dict[str, float]
+Target = tuple[str, str, float]  # (candidate, op, limit)
+
+
+@dataclass(frozen=True)
+class Config:
+    quick: bool
+
+    def pick(self, default: Any, quick: Any) -> Any:
+        return quick if self.quick else default
+
+
+# ----------------------------------------------------------------------------- comparison
+
+
+def compare(
+    col: Collector,
+    *,
+    name: str,
+    backend: str,
+    reference: str,
+    targets: list[Target],
+    extras: list[str],
+    reps: int,
+    sample: Callable[[str], Sample],
+    metrics: dict[str, str],
+    checked: str,
+    note: str = "",
+    slow_after: float = float("inf"),
+    label: str | None = None,
+    stat: str = "median",
+) -> dict[str, dict[str, list[float]]]:
+    """Measure ``reference`` and every candidate interleaved; record results and ratio checks.
+
+    ``metrics`` maps each metric the sample returns to its unit; ``checked`` is the one the
+    ratio rows compare; ``label`` replaces the backend's name in the records.
+
+    ``stat="median"``: values are medians and ratios the median of per-repetition ratios
+    (for whole-workload runs). ``stat="min"``: values are minima and ratios the ratio of
+    minima (for micro-benchmarks, where a busy machine only ever adds time, so the fastest of
+    many short samples is the least disturbed one). Returns ``{candidate: {metric: samples}}``.
+    """
+    agg = min if stat == "min" else median
+    how = f"{stat} of {reps} runs" + (", ratio of minima" if stat == "min" else "")
+    note = f"{note}; {how}" if note else how
+    backend = label or backend
+    wanted = [reference] + [t[0] for t in targets] + extras
+    cands = P.available(*dict.fromkeys(wanted))
+    print(f"  {name} [{backend}]: {', '.join(cands)}", flush=True)
+    raw = interleave(
+        cands,
+        reps,
+        sample,
+        lambda c, exc: col.error(name, backend, c, exc),
+        slow_after=slow_after,
+        keep={reference, *(t[0] for t in targets)},
+    )
+    series: dict[str, dict[str, list[float]]] = {}
+    for cand, samples in raw.items():
+        series[cand] = {m: [s[m] for s in samples] for m in metrics}
+        for m, unit in metrics.items():
+            xs = series[cand][m]
+            col.results.append(Result(name, backend, cand, m, agg(xs), unit, xs, stat))
+    unit = metrics[checked]
+    ref = series.get(reference, {}).get(checked)
+    limits = {c: (op, lim) for c, op, lim in targets}
+    for cand in dict.fromkeys(wanted):
+        if cand == reference:
+            continue
+        xs = series.get(cand, {}).get(checked)
+        op, lim = limits.get(cand, (None, None))
+        if xs is None and op is None:
+            continue  # a reference-only extra that could not run: nothing to say
+        col.checks.append(
+            Check(
+                name,
+                backend,
+                cand,
+                checked,
+                agg(xs) if xs else None,
+                unit,
+                reference=reference,
+                reference_value=agg(ref) if ref else None,
+                ratio=_ratio(xs, ref, stat) if xs and ref else None,
+                op=op,
+                limit=lim,
+                note=note,
+            )
+        )
+    return series
+
+
+def _ratio(xs: list[float], ref: list[float], stat: str) -> float | None:
+    if stat == "min":
+        return min(xs) / min(ref) if min(ref) > 0 else None
+    return paired_ratio(xs, ref)
+
+
+def absolute_check(
+    col: Collector,
+    series: dict[str, dict[str, list[float]]],
+    *,
+    name: str,
+    backend: str,
+    candidate: str,
+    metric: str,
+    unit: str,
+    op: str | None = None,
+    limit: float | None = None,
+    note: str = "",
+    agg: Callable[[list[float]], float] = median,
+) -> None:
+    xs = series.get(candidate, {}).get(metric)
+    if xs is None and op is None:
+        return
+    value = agg(xs) if xs else None
+    col.checks.append(
+        Check(name, backend, candidate, metric, value, unit, op=op, limit=limit, note=note)
+    )
+
+
+# ----------------------------------------------------------------------------- workloads
+
+
+async def _uncontended(make: Callable[[], Any], n: int) -> Sample:
+    """Per-op time of ``async with lock: pass``, unrolled ten times; backend-neutral."""
+    lock = make()
+    async with lock:
+        pass
+    loops = max(1, n // 10)
+    t0 = perf_counter()
+    for _ in range(loops):
+        async with lock:
+            pass
+        async with lock:
+            pass
+        async with lock:
+            pass
+        async with lock:
+            pass
+        async with lock:
+            pass
+        async with lock:
+            pass
+        async with lock:
+            pass
+        async with lock:
+            pass
+        async with lock:
+            pass
+        async with lock:
+            pass
+    return {"time_per_op": (perf_counter() - t0) / (loops * 10)}
+
+
+async def _contended_asyncio(make: Callable[[], Any], tasks: int, n: int) -> Sample:
+    """``tasks`` tasks each take the lock ``n`` times, yielding once while holding it.
+
+    The yield inside makes every other task queue up, so each acquisition in steady state is a
+    hand-off from the releaser to the longest waiter, for every candidate alike.
+    """
+    lock = make()
+    start = asyncio.Event()
+
+    async def worker() -> None:
+        await start.wait()
+        for _ in range(n):
+            async with lock:
+                await asyncio.sleep(0)
+
+    ts = [asyncio.create_task(worker()) for _ in range(tasks)]
+    await asyncio.sleep(0)
+    t0 = perf_counter()
+    start.set()
+    await asyncio.gather(*ts)
+    return {"time_per_op": (perf_counter() - t0) / (tasks * n)}
+
+
+async def _contended_trio(make: Callable[[], Any], tasks: int, n: int) -> Sample:
+    lock = make()
+    start = trio.Event()
+
+    async def worker() -> None:
+        await start.wait()
+        for _ in range(n):
+            async with lock:
+                await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(tasks):
+            nursery.start_soon(worker)
+        await trio.testing.wait_all_tasks_blocked()
+        t0 = perf_counter()
+        start.set()
+    return {"time_per_op": (perf_counter() - t0) / (tasks * n)}
+
+
+async def _read_mostly(
+    make_rw: Callable[[], tuple[Any, Any]],
+    readers: int,
+    writers: int,
+    duration: float,
+    pause: float,
+) -> Sample:
+    """Readers loop holding across one yield; writers hold without yielding, then pause.
+
+    The writers' pause keeps the mix read-mostly: without it a writer-preferring lock lets
+    the writers ping-pong and starves every reader for the whole run.
+    """
+    rlock, wlock = make_rw()
+    start = asyncio.Event()
+    deadline = 0.0
+    r_ops = w_ops = 0
+    worst_r = worst_w = 0.0
+
+    async def reader() -> None:
+        nonlocal r_ops, worst_r
+        await start.wait()
+        while True:
+            t = perf_counter()
+            if t >= deadline:
+                return
+            async with rlock:
+                waited = perf_counter() - t
+                await asyncio.sleep(0)
+            r_ops += 1
+            if waited > worst_r:
+                worst_r = waited
+
+    async def writer() -> None:
+        nonlocal w_ops, worst_w
+        await start.wait()
+        while True:
+            t = perf_counter()
+            if t >= deadline:
+                return
+            async with wlock:
+                waited = perf_counter() - t
+            w_ops += 1
+            if waited > worst_w:
+                worst_w = waited
+            await asyncio.sleep(pause)
+
+    ts = [asyncio.create_task(reader()) for _ in range(readers)]
+    ts += [asyncio.create_task(writer()) for _ in range(writers)]
+    await asyncio.sleep(0)
+    t0 = perf_counter()
+    deadline = t0 + duration
+    start.set()
+    await asyncio.gather(*ts)
+    elapsed = perf_counter() - t0
+    return {
+        "throughput": (r_ops + w_ops) / elapsed,
+        "reader_ops": float(r_ops),
+        "writer_ops": float(w_ops),
+        "worst_reader_wait": worst_r,
+        "worst_writer_wait": worst_w,
+    }
+
+
+async def _many_readers(make_rw: Callable[[], tuple[Any, Any]] | None, n: int) -> Sample:
+    """``n`` tasks each take the read lock and wait on one event, then release.
+
+    With ``make_rw=None`` the tasks skip the lock: the bare-task baseline.
+    """
+    rlock = make_rw()[0] if make_rw is not None else None
+    release = asyncio.Event()
+    all_in = asyncio.Event()
+    count = 0
+
+    async def bare() -> None:
+        nonlocal count
+        count += 1
+        if count == n:
+            all_in.set()
+        await release.wait()
+
+    async def reader() -> None:
+        async with rlock:
+            await bare()
+
+    body = bare if rlock is None else reader
+    t0 = perf_counter()
+    ts = [asyncio.create_task(body()) for _ in range(n)]
+    await all_in.wait()
+    release.set()
+    await asyncio.gather(*ts)
+    return {"time_per_reader": (perf_counter() - t0) / n}
+
+
+async def _settle(tasks: list[asyncio.Task[Any]]) -> None:
+    """Yield until every task is parked on a future (bounded)."""
+    for _ in range(50):
+        await asyncio.sleep(0)
+        if all(getattr(t, "_fut_waiter", True) is not None for t in tasks):
+            return
+
+
+async def _cancel_queued_asyncio(make: Callable[[], Any] | None, n: int, seed: int) -> Sample:
+    """The main task holds the lock; ``n`` tasks queue for it; all are cancelled (shuffled).
+
+    With ``make=None`` the tasks park on futures of their own: the baseline.
+    """
+    loop = asyncio.get_running_loop()
+    lock = make() if make is not None else None
+    if lock is not None:
+        await lock.acquire()
+
+    async def bare() -> None:
+        await loop.create_future()
+
+    async def waiter() -> None:
+        async with lock:
+            raise AssertionError("a queued waiter was granted the lock")
+
+    body = bare if lock is None else waiter
+    t0 = perf_counter()
+    ts = [asyncio.create_task(body()) for _ in range(n)]
+    await _settle(ts)
+    t1 = perf_counter()
+    order = list(ts)
+    random.Random(seed).shuffle(order)
+    for t in order:
+        t.cancel()
+    await asyncio.wait(ts)
+    t2 = perf_counter()
+    if lock is not None:
+        lock.release()
+    bad = [t for t in ts if not t.cancelled()]
+    if bad:
+        bad[0].result()
+    return {"cancel_per_waiter": (t2 - t1) / n, "total_per_waiter": (t2 - t0) / n}
+
+
+async def _cancel_queued_anyio(make: Callable[[], Any] | None, n: int) -> Sample:
+    """As ``_cancel_queued_asyncio``, but the tasks live in one anyio task group on asyncio
+    and are cancelled together by its cancel scope."""
+    loop = asyncio.get_running_loop()
+    lock = make() if make is not None else None
+    if lock is not None:
+        await lock.acquire()
+
+    async def bare() -> None:
+        await loop.create_future()
+
+    async def waiter() -> None:
+        async with lock:
+            raise AssertionError("a queued waiter was granted the lock")
+
+    body = bare if lock is None else waiter
+    async with anyio.create_task_group() as tg:
+        t0 = perf_counter()
+        for _ in range(n):
+            tg.start_soon(body)
+        await anyio.wait_all_tasks_blocked()
+        t1 = perf_counter()
+        tg.cancel_scope.cancel()
+    t2 = perf_counter()
+    if lock is not None:
+        lock.release()
+    return {"cancel_per_waiter": (t2 - t1) / n, "total_per_waiter": (t2 - t0) / n}
+
+
+async def _cancel_queued_trio(make: Callable[[], Any] | None, n: int) -> Sample:
+    lock = make() if make is not None else None
+    if lock is not None:
+        await lock.acquire()
+
+    async def waiter() -> None:
+        async with lock:
+            raise AssertionError("a queued waiter was granted the lock")
+
+    body = trio.sleep_forever if lock is None else waiter
+    async with trio.open_nursery() as nursery:
+        t0 = perf_counter()
+        for _ in range(n):
+            nursery.start_soon(body)
+        await trio.testing.wait_all_tasks_blocked()
+        t1 = perf_counter()
+        nursery.cancel_scope.cancel()
+    t2 = perf_counter()
+    if lock is not None:
+        lock.release()
+    return {"cancel_per_waiter": (t2 - t1) / n, "total_per_waiter": (t2 - t0) / n}
+
+
+def _memory(make: Callable[[], Any], n: int) -> float:
+    """Bytes per live instance: the slope between ``n`` and ``2 n`` instances made under
+    tracemalloc, so one-off allocations (caches, free lists) do not count."""
+    make()
+    objs: list[Any] = [None] * (2 * n)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        for i in range(n):
+            objs[i] = make()
+        mid = tracemalloc.get_traced_memory()[0]
+        for i in range(n, 2 * n):
+            objs[i] = make()
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    del objs
+    return round((after - mid) / n, 1)
+
+
+async def _use_once(obj: Any) -> None:
+    if hasattr(obj, "writer_lock"):  # aiorwlock
+        views = [obj.writer_lock, obj.reader_lock]
+    elif hasattr(obj, "writer") and hasattr(obj, "reader"):
+        views = [obj.writer, obj.reader]
+    else:
+        views = [obj]
+    for v in views:
+        async with v:
+            pass
+
+
+async def _memory_in_loop(make: Callable[[], Any], n: int, use: bool) -> float:
+    if not use:
+        return _memory(make, n)
+    await _use_once(make())
+    objs: list[Any] = [None] * (2 * n)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        mid = 0
+        for i in range(2 * n):
+            if i == n:
+                mid = tracemalloc.get_traced_memory()[0]
+            obj = make()
+            await _use_once(obj)
+            objs[i] = obj
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    del objs
+    return round((after - mid) / n, 1)
+
+
+# ----------------------------------------------------------------------------- scenarios
+
+
+def uncontended_fast(col: Collector, cfg: Config) -> None:
+    name = "uncontended, fast_acquire=True"
+    n = cfg.pick(10_000, 1_000)
+    reps = cfg.pick(21, 4)
+    for backend in ("asyncio", "uvloop"):
+        compare(
+            col,
+            name=name,
+            backend=backend,
+            reference=P.ASYNCIO_LOCK,
+            targets=[
+                (P.RW_READER_FAST, "<=", 1.0),
+                (P.RW_WRITER_FAST, "<=", 1.0),
+                (P.LOCK_FAST, "<=", 0.8),
+            ],
+            extras=[P.ANYIO_LOCK_FAST],
+            reps=reps,
+            sample=lambda c, b=backend: run_on(b, _uncontended, P.FACTORIES[c], n),
+            metrics={"time_per_op": "s"},
+            checked="time_per_op",
+            stat="min",
+        )
+    compare(
+        col,
+        name=name,
+        backend="trio",
+        reference=P.TRIO_LOCK,
+        targets=[],
+        extras=[P.RW_READER_FAST, P.RW_WRITER_FAST, P.LOCK_FAST, P.ANYIO_LOCK_FAST],
+        reps=cfg.pick(15, 3),
+        sample=lambda c: run_on("trio", _uncontended, P.FACTORIES[c], cfg.pick(3_000, 500)),
+        metrics={"time_per_op": "s"},
+        checked="time_per_op",
+        stat="min",
+        note="trio keeps the cancel point",
+    )
+
+
+def uncontended_default(col: Collector, cfg: Config) -> None:
+    name = "uncontended, default (checkpointing)"
+    n = cfg.pick(1_000, 200)
+    reps = cfg.pick(21, 4)
+    compare(
+        col,
+        name=name,
+        backend="asyncio",
+        reference=P.ANYIO_LOCK,
+        targets=[(P.RW_READER, "<=", 0.45), (P.RW_WRITER, "<=", 0.45), (P.LOCK, "<=", 0.45)],
+        extras=[P.ANYIO_LOCK_FAST, P.ASYNCIO_LOCK],
+        reps=reps,
+        sample=lambda c: run_on("asyncio", _uncontended, P.FACTORIES[c], n),
+        metrics={"time_per_op": "s"},
+        checked="time_per_op",
+        stat="min",
+    )
+    compare(
+        col,
+        name=name,
+        backend="trio",
+        reference=P.TRIO_LOCK,
+        targets=[(P.RW_READER, "<=", 0.95), (P.RW_WRITER, "<=", 0.95), (P.LOCK, "<=", 0.95)],
+        extras=[P.ANYIO_LOCK],
+        reps=reps,
+        sample=lambda c: run_on("trio", _uncontended, P.FACTORIES[c], n),
+        metrics={"time_per_op": "s"},
+        checked="time_per_op",
+        stat="min",
+    )
+
+
+def contended(col: Collector, cfg: Config) -> None:
+    tasks = 100
+    n = cfg.pick(20, 5)
+    reps = cfg.pick(15, 3)
+    name = f"contended hand-off, {tasks} writers"
+    note = "each holds the lock across one yield"
+    for backend, reference in (
+        ("asyncio", P.ASYNCIO_LOCK),
+        ("uvloop", P.ASYNCIO_LOCK),
+        ("trio", P.TRIO_LOCK),
+    ):
+        fn = _contended_trio if backend == "trio" else _contended_asyncio
+        compare(
+            col,
+            name=name,
+            backend=backend,
+            reference=reference,
+            targets=[(P.LOCK, "<=", 1.1), (P.RW_WRITER, "<=", 1.1)],
+            extras=[P.LOCK_FAST, P.RW_WRITER_FAST, P.ANYIO_LOCK],
+            reps=reps,
+            sample=lambda c, b=backend, f=fn: run_on(b, f, P.FACTORIES[c], tasks, n),
+            metrics={"time_per_op": "s"},
+            checked="time_per_op",
+            stat="min",
+            note=note,
+        )
+
+
+def read_mostly(col: Collector, cfg: Config) -> None:
+    readers, writers = 100, 4
+    duration = cfg.pick(1.0, 0.2)
+    pause = 0.001
+    name = f"read-mostly mix, {readers} readers + {writers} writers"
+    series = compare(
+        col,
+        name=name,
+        backend="asyncio",
+        reference=P.AIORWLOCK,
+        targets=[(P.RWLOCK, ">=", 1.4)],
+        extras=[P.RWLOCK_FAST, P.AIORWLOCK_FAST],
+        reps=cfg.pick(3, 1),
+        sample=lambda c: run_on(
+            "asyncio", _read_mostly, P.RW_FACTORIES[c], readers, writers, duration, pause
+        ),
+        metrics={
+            "throughput": "ops/s",
+            "reader_ops": "ops",
+            "writer_ops": "ops",
+            "worst_reader_wait": "s",
+            "worst_writer_wait": "s",
+        },
+        checked="throughput",
+        note=f"{duration:g} s runs, writers pause {pause * 1e3:g} ms between writes",
+    )
+    for cand in (P.RWLOCK, P.RWLOCK_FAST, P.AIORWLOCK, P.AIORWLOCK_FAST):
+        ours = cand.startswith("aiolocks") and cand == P.RWLOCK
+        for metric in ("reader_ops", "writer_ops"):
+            absolute_check(
+                col,
+                series,
+                name=name,
+                backend="asyncio",
+                candidate=cand,
+                metric=metric,
+                unit="ops",
+            )
+        for metric, limit in (("worst_reader_wait", 0.002), ("worst_writer_wait", 0.010)):
+            absolute_check(
+                col,
+                series,
+                name=name,
+                backend="asyncio",
+                candidate=cand,
+                metric=metric,
+                unit="s",
+                op="<=" if ours else None,
+                limit=limit if ours else None,
+                note="median over runs of each run's worst",
+            )
+
+
+def many_readers(col: Collector, cfg: Config) -> None:
+    sizes = cfg.pick([1_000, 4_000, 16_000], [250, 500, 2_000])
+    name = "readers holding at once"
+    per: dict[tuple[str, int], list[float]] = {}
+    for size in sizes:
+        series = compare(
+            col,
+            name=f"{name}, n={size}",
+            backend="asyncio",
+            reference=P.BARE_TASKS,
+            targets=[(P.RWLOCK, "<=", 1.5)],
+            extras=[P.AIORWLOCK],
+            reps=cfg.pick(5, 2),
+            sample=lambda c, s=size: run_on("asyncio", _many_readers, P.RW_FACTORIES.get(c), s),
+            metrics={"time_per_reader": "s"},
+            checked="time_per_reader",
+            note="vs bare tasks waiting on an asyncio.Event",
+            slow_after=3.0,
+        )
+        for cand, ms in series.items():
+            per[cand, size] = ms["time_per_reader"]
+    lo, hi = sizes[0], sizes[-1]
+    for cand in (P.RWLOCK, P.AIORWLOCK, P.BARE_TASKS):
+        a, b = per.get((cand, lo)), per.get((cand, hi))
+        ours = cand == P.RWLOCK
+        if (a is None or b is None) and not ours:
+            continue
+        col.checks.append(
+            Check(
+                f"{name}, flatness n={hi} vs n={lo}",
+                "asyncio",
+                cand,
+                "time_per_reader",
+                median(b) if b else None,
+                "s",
+                reference=f"same at n={lo}",
+                reference_value=median(a) if a else None,
+                ratio=median(b) / median(a) if a and b else None,
+                op="<=" if ours else None,
+                limit=1.25 if ours else None,
+                note="'flat' taken as <= 1.25 x",
+            )
+        )
+
+
+def cancel_queued(col: Collector, cfg: Config) -> None:
+    n = cfg.pick(16_000, 1_000)
+    reps = cfg.pick(4, 2)
+    name = f"{n} queued waiters cancelled"
+    seeds = itertools.count()
+    metrics = {"cancel_per_waiter": "s", "total_per_waiter": "s"}
+    note = "task.cancel() in shuffled order; vs tasks parked on own futures"
+    series = compare(
+        col,
+        name=name,
+        backend="asyncio",
+        reference=P.BARE_TASKS,
+        targets=[(P.RW_WRITER, "<=", 2.0), (P.LOCK, "<=", 2.0)],
+        extras=[P.ASYNCIO_LOCK, P.ANYIO_LOCK, P.AIORW_WRITER],
+        reps=reps,
+        sample=lambda c: run_on(
+            "asyncio", _cancel_queued_asyncio, P.FACTORIES.get(c), n, next(seeds)
+        ),
+        metrics=metrics,
+        checked="cancel_per_waiter",
+        note=note,
+        slow_after=1.5,
+    )
+    ref = series.get(P.BARE_TASKS, {}).get("total_per_waiter")
+    for cand, ms in series.items():
+        if cand == P.BARE_TASKS:
+            continue
+        xs = ms["total_per_waiter"]
+        col.checks.append(
+            Check(
+                name,
+                "asyncio",
+                cand,
+                "total_per_waiter",
+                median(xs),
+                "s",
+                reference=P.BARE_TASKS,
+                reference_value=median(ref) if ref else None,
+                ratio=paired_ratio(xs, ref) if ref else None,
+                note=f"{note}; median of {reps} runs",
+            )
+        )
+    compare(
+        col,
+        name=name,
+        backend="asyncio",
+        reference=P.BARE_TASKS,
+        targets=[],
+        extras=[P.RW_WRITER, P.LOCK, P.ASYNCIO_LOCK],
+        reps=reps,
+        sample=lambda c: run_on("asyncio", _cancel_queued_anyio, P.FACTORIES.get(c), n),
+        metrics={"cancel_per_waiter": "s"},
+        checked="cancel_per_waiter",
+        note="anyio task group cancel (info)",
+        slow_after=1.5,
+        label="asyncio, anyio TG",
+    )
+    compare(
+        col,
+        name=name,
+        backend="trio",
+        reference=P.BARE_TASKS,
+        targets=[],
+        extras=[P.RW_WRITER, P.LOCK, P.TRIO_LOCK],
+        reps=reps,
+        sample=lambda c: run_on("trio", _cancel_queued_trio, P.FACTORIES.get(c), n),
+        metrics=metrics,
+        checked="cancel_per_waiter",
+        note="nursery cancel; vs tasks in trio.sleep_forever()",
+        slow_after=1.5,
+    )
+
+
+def memory(col: Collector, cfg: Config) -> None:
+    n = cfg.pick(10_000, 1_000)
+    name = "idle instance memory (tracemalloc)"
+    limits = {P.RWLOCK: 160.0, P.RWLOCK_FAST: 160.0, P.LOCK: 80.0, P.LOCK_FAST: 80.0}
+    cands = [
+        P.RWLOCK,
+        P.RWLOCK_FAST,
+        P.LOCK,
+        P.LOCK_FAST,
+        P.AIORWLOCK,
+        P.ASYNCIO_LOCK,
+        P.ANYIO_LOCK,
+    ]
+    print(f"  {name}", flush=True)
+    for where, label in (("outside", "no loop"), ("inside", "asyncio"), ("used", "asyncio")):
+        for cand in cands:
+            make = P.MEMORY_FACTORIES.get(cand)
+            ours = cand in limits and where != "used"
+            value = None
+            if make is not None:
+                try:
+                    if where == "outside":
+                        value = _memory(make, n)
+                    else:
+                        value = run_on("asyncio", _memory_in_loop, make, n, where == "used")
+                except Exception as exc:
+                    col.error(name, label, cand, exc)
+                else:
+                    metric = "bytes_per_instance" if where != "used" else "bytes_after_use"
+                    col.results.append(Result(name, label, cand, metric, value, "bytes", [value]))
+            if value is None and not ours:
+                continue
+            col.checks.append(
+                Check(
+                    name,
+                    label,
+                    cand,
+                    "bytes_per_instance" if where != "used" else "bytes_after_use",
+                    value,
+                    "bytes",
+                    op="<=" if ours else None,
+                    limit=limits[cand] if ours else None,
+                    note=f"{n} instances",
+                )
+            )
+
+
+SCENARIOS: list[tuple[str, Callable[[Collector, Config], None]]] = [
+    ("uncontended_fast", uncontended_fast),
+    ("uncontended_default", uncontended_default),
+    ("contended", contended),
+    ("read_mostly", read_mostly),
+    ("many_readers", many_readers),
+    ("cancel_queued", cancel_queued),
+    ("memory", memory),
+]

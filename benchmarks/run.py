@@ -1,0 +1,249 @@
+"""Benchmark aiolocks side by side with its peers and check the performance targets.
+
+Usage::
+
+    python benchmarks/run.py [--quick] [--json PATH] [--markdown PATH] [--only NAME ...]
+
+Every scenario measures its candidates interleaved, each sample in a fresh event loop, and
+reports per-op costs plus ratios against the peer named in the target, computed within this
+run (absolute times on a shared machine are noise; ratios of neighbouring samples are not).
+``--quick`` shrinks every scenario (a smoke test: < 20 s); the default run takes ~2-3 minutes.
+
+The JSON output is ``{"meta": ..., "results": [...], "checks": [...], "errors": [...]}``:
+``results`` holds one record per (scenario, backend, candidate, metric) with the median
+``value``, its ``unit`` and the raw ``samples``; ``checks`` holds the comparison rows shown in
+the table (``reference``, ``ratio``, ``target``, ``status`` = PASS / MISS / info / n/a).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import anyio
+import trio
+
+import _peers as P
+from _harness import Check, Collector, fmt_value
+from _scenarios import SCENARIOS, Config
+
+METRIC_LABELS = {
+    "time_per_op": "per op",
+    "time_per_reader": "per reader",
+    "cancel_per_waiter": "cancel/waiter",
+    "total_per_waiter": "spawn+queue+cancel",
+    "throughput": "throughput",
+    "reader_ops": "reader ops",
+    "writer_ops": "writer ops",
+    "worst_reader_wait": "worst rd wait",
+    "worst_writer_wait": "worst wr wait",
+    "bytes_per_instance": "bytes/inst",
+    "bytes_after_use": "after 1 use",
+}
+
+COLUMNS = (
+    "backend",
+    "candidate",
+    "metric",
+    "value",
+    "vs",
+    "ref value",
+    "ratio",
+    "target",
+    "status",
+)
+
+
+def _row(c: Check) -> list[str]:
+    return [
+        c.backend,
+        c.candidate,
+        METRIC_LABELS.get(c.metric, c.metric),
+        fmt_value(c.value, c.unit),
+        c.reference or "",
+        fmt_value(c.reference_value, c.unit) if c.reference else "",
+        f"{c.ratio:.2f} x" if c.ratio is not None else ("-" if c.reference else ""),
+        c.target,
+        c.status if c.status != "info" else "",
+    ]
+
+
+def _groups(checks: list[Check]) -> dict[str, list[Check]]:
+    groups: dict[str, list[Check]] = {}
+    for c in checks:
+        groups.setdefault(c.name, []).append(c)
+    return groups
+
+
+def _notes(checks: list[Check]) -> str:
+    """The group's notes, prefixed by backend when they differ between backends."""
+    by_backend: dict[str, list[str]] = {}
+    for c in checks:
+        if c.note and c.note not in by_backend.setdefault(c.backend, []):
+            by_backend[c.backend].append(c.note)
+    distinct = {tuple(v) for v in by_backend.values() if v}
+    if len(distinct) <= 1:
+        return "; ".join(next(iter(distinct), ()))
+    return "; ".join(f"{b}: {', '.join(v)}" for b, v in by_backend.items() if v)
+
+
+def render_text(col: Collector) -> str:
+    rows = [_row(c) for c in col.checks]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(COLUMNS)]
+
+    def line(cells: list[str] | tuple[str, ...]) -> str:
+        return "  ".join(cell.ljust(w) for cell, w in zip(cells, widths)).rstrip()
+
+    out = [line(COLUMNS), line(["-" * w for w in widths])]
+    for name, checks in _groups(col.checks).items():
+        notes = _notes(checks)
+        out.append(f"== {name}" + (f"  ({notes})" if notes else ""))
+        out.extend(line(_row(c)) for c in checks)
+    out.append(_summary(col))
+    return "\n".join(out)
+
+
+def render_markdown(col: Collector, meta: dict[str, Any]) -> str:
+    out = [
+        "# aiolocks benchmarks",
+        "",
+        f"Python {meta['python']}, {meta['platform']}, anyio {meta['anyio']}, "
+        f"trio {meta['trio']}; {'quick' if meta['quick'] else 'full'} run, "
+        f"{meta['seconds']:.0f} s; {_load_text(meta)}.",
+        "",
+    ]
+    for name, checks in _groups(col.checks).items():
+        notes = _notes(checks)
+        out += [f"## {name}", ""]
+        if notes:
+            out += [f"_{notes}_", ""]
+        out.append("| " + " | ".join(COLUMNS) + " |")
+        out.append("|" + "---|" * len(COLUMNS))
+        for c in checks:
+            cells = [x.replace("|", "\\|") for x in _row(c)]
+            cells[1] = f"`{cells[1]}`"
+            if cells[4]:
+                cells[4] = f"`{cells[4]}`"
+            if cells[8] == "MISS":
+                cells[8] = "**MISS**"
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    out += ["```", _summary(col), "```", ""]
+    return "\n".join(out)
+
+
+def _summary(col: Collector) -> str:
+    judged = [c for c in col.checks if c.status in ("PASS", "MISS", "n/a")]
+    passed = sum(c.status == "PASS" for c in judged)
+    missed = [c for c in judged if c.status == "MISS"]
+    unknown = [c for c in judged if c.status == "n/a"]
+    lines = [f"targets: {passed} PASS, {len(missed)} MISS, {len(unknown)} not measured"]
+    for c in missed:
+        got = f"{c.ratio:.2f} x" if c.ratio is not None else fmt_value(c.value, c.unit)
+        lines.append(f"  MISS  {c.name} [{c.backend}] {c.candidate}: {got}, target {c.target}")
+    if P.AIOLOCKS_IMPORT_ERROR:
+        lines.append(f"aiolocks not measured: {P.AIOLOCKS_IMPORT_ERROR}")
+    elif P.MISSING:
+        lines.append(f"not in aiolocks yet: {', '.join(P.MISSING)}")
+    for e in col.errors:
+        lines.append(f"  error {e['name']} [{e['backend']}] {e['candidate']}: {e['error']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="shrink everything (< 20 s)")
+    parser.add_argument("--json", metavar="PATH", help="write every raw number as JSON")
+    parser.add_argument("--markdown", metavar="PATH", help="write the table as Markdown")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="NAME",
+        choices=[n for n, _ in SCENARIOS],
+        help="run only these scenarios",
+    )
+    args = parser.parse_args(argv)
+
+    cfg = Config(quick=args.quick)
+    load_before = _loadavg()
+    col = Collector()
+    started = time.perf_counter()
+    if P.AIOLOCKS_IMPORT_ERROR:
+        print(
+            f"note: aiolocks not importable ({P.AIOLOCKS_IMPORT_ERROR}); peers only",
+            file=sys.stderr,
+        )
+    for scenario, fn in SCENARIOS:
+        if args.only and scenario not in args.only:
+            continue
+        t0 = time.perf_counter()
+        fn(col, cfg)
+        print(f"  ({scenario}: {time.perf_counter() - t0:.1f} s)", flush=True)
+    seconds = time.perf_counter() - started
+    load_after = _loadavg()
+
+    meta = {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "anyio": anyio.__version__ if hasattr(anyio, "__version__") else _version("anyio"),
+        "trio": trio.__version__,
+        "aiolocks": _version("aiolocks"),
+        "aiorwlock": _version("aiorwlock"),
+        "uvloop": _version("uvloop"),
+        "quick": cfg.quick,
+        "seconds": seconds,
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
+    }
+    print()
+    print(render_text(col))
+    print(f"({seconds:.1f} s; {_load_text(meta)})")
+    if args.json:
+        data = {
+            "meta": meta,
+            "results": [r.as_dict() for r in col.results],
+            "checks": [c.as_dict() for c in col.checks],
+            "errors": col.errors,
+        }
+        Path(args.json).write_text(json.dumps(data, indent=1) + "\n")
+    if args.markdown:
+        Path(args.markdown).write_text(render_markdown(col, meta))
+    return 0
+
+
+def _loadavg() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def _load_text(meta: dict[str, Any]) -> str:
+    """Other processes competing for the CPUs distort everything, worst waits above all."""
+    a, b = meta["loadavg_before"], meta["loadavg_after"]
+    if a is None or b is None:
+        return f"{meta['cpus']} CPUs"
+    return f"{meta['cpus']} CPUs, 1-min load average {a:.1f} before, {b:.1f} after"
+
+
+def _version(dist: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(dist)
+    except Exception:
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
