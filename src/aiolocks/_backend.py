@@ -215,8 +215,9 @@ def watch(task: Any, callback: Callable[[Any], None]) -> Any:
     Used only while some task waits behind ``task``: an owner that exits holding a lock must
     break it, never strand its waiters.
     """
-    if isinstance(task, asyncio.Future):
-        task.add_done_callback(callback)
+    add_done_callback = getattr(task, "add_done_callback", None)
+    if add_done_callback is not None:  # any asyncio task, also pure-Python Task subclasses
+        add_done_callback(callback)
         return callback
     trio = sys.modules["trio"]
     breaker = _Breaker(callback)
@@ -232,8 +233,9 @@ def unwatch(task: Any, token: Any) -> None:
     """Undo :func:`watch`."""
     if token is None:
         return
-    if isinstance(task, asyncio.Future):
-        task.remove_done_callback(token)
+    remove_done_callback = getattr(task, "remove_done_callback", None)
+    if remove_done_callback is not None:
+        remove_done_callback(token)
         return
     try:
         sys.modules["trio"].lowlevel.remove_parking_lot_breaker(task, token)
