@@ -193,7 +193,7 @@ class Lock:
                 return
             self._owner = waiter.task
             if waiter.grant():
-                if q:
+                if q.live:
                     self._watch_owner(q)
                 elif not q.broken:
                     self._q = None
@@ -205,7 +205,7 @@ class Lock:
         q = self._q
         assert q is not None
         q.remove(waiter)
-        if not q and not q.broken:
+        if not q.live and not q.broken:
             if q.watch_token is not None:
                 unwatch(self._owner, q.watch_token)
             self._q = None
@@ -256,7 +256,7 @@ class Lock:
         if q is not None:
             assert self._owner is not None, "waiters queued behind no owner"
             assert len(q) > 0 or q.broken, "an empty queue is kept without being broken"
-            assert q._live == sum(1 for _ in q), "live count out of step with the queue"
+            assert q.live == sum(1 for _ in q), "live count out of step with the queue"
             if len(q) and not q.broken:
                 assert q.watch_token is not None, "owner not watched while tasks wait"
 

@@ -148,21 +148,21 @@ class WaitQueue:
     timed-out waiters does not grow without bound.
     """
 
-    __slots__ = ("_items", "_live")
+    __slots__ = ("_items", "live")
 
     def __init__(self) -> None:
         self._items: deque[Waiter] = deque()
-        self._live = 0
+        self.live = 0  # waiters still WAITING
 
     def __len__(self) -> int:
-        return self._live
+        return self.live  # hot paths read .live directly: a Python __len__ costs a call
 
     def __iter__(self) -> Iterator[Waiter]:
         return (w for w in self._items if w.state == WAITING)
 
     def append(self, waiter: Waiter) -> None:
         self._items.append(waiter)
-        self._live += 1
+        self.live += 1
 
     def first(self) -> Waiter | None:
         """The first live waiter, without removing it."""
@@ -180,25 +180,25 @@ class WaitQueue:
         while items:
             w = items.popleft()
             if w.state == WAITING:
-                self._live -= 1
+                self.live -= 1
                 return w
         return None
 
     def remove(self, waiter: Waiter) -> None:
         """Forget a queued waiter (it must be live and in this queue)."""
         waiter.state = GONE
-        self._live -= 1
+        self.live -= 1
         items = self._items
-        if not self._live:
+        if not self.live:
             items.clear()
-        elif len(items) > 64 and len(items) > 4 * self._live:
+        elif len(items) > 64 and len(items) > 4 * self.live:
             self._items = deque(w for w in items if w.state == WAITING)
 
     def take_all(self) -> list[Waiter]:
         """Remove and return every live waiter, in order."""
         out = [w for w in self._items if w.state == WAITING]
         self._items.clear()
-        self._live = 0
+        self.live = 0
         return out
 
 

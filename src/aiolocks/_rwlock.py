@@ -89,7 +89,7 @@ class _RWState:
         return _NO_LIMIT
 
     def has_waiters(self) -> bool:
-        return bool(self.rq or self.wq or self.upgrading is not None)
+        return bool(self.rq.live or self.wq.live or self.upgrading is not None)
 
 
 @final
@@ -462,7 +462,7 @@ class RWLock:
                 self._version += 1
                 return
             # its future was already cancelled: carry on as if it had never asked
-        if s.rq:
+        if s.rq.live:
             # After a write phase every waiting reader goes; otherwise only those that no
             # queued writer arrived before (a waiting writer holds back later readers).
             limit = _NO_LIMIT if phase_fair else s.first_writer_ticket()
@@ -491,7 +491,7 @@ class RWLock:
                     self._writer = w.task
                     self._version += 1
                     break
-                if s.rq and not phase_fair:
+                if s.rq.live and not phase_fair:
                     # A cancelled writer (its future already cancelled, so it will not come
                     # back to us) was holding back the readers queued after it: start over.
                     self._dispatch(s, False)
@@ -503,11 +503,11 @@ class RWLock:
                 if w.grant():
                     s.upg = w.task
                     break
-        if s.has_waiters():
+        if s.rq.live or s.wq.live or s.upgrading is not None:
             self._watch_holders(s)
 
     def _maybe_idle(self, s: _RWState) -> None:
-        if s.has_waiters():
+        if s.rq.live or s.wq.live or s.upgrading is not None:
             return
         if s.watched and not s.broken:
             for task, token in s.watched.items():
@@ -629,7 +629,7 @@ class RWLock:
         if s is None:
             return
         for q in (s.rq, s.wq):
-            assert q._live == sum(1 for _ in q), "live count out of step with the queue"
+            assert q.live == sum(1 for _ in q), "live count out of step with the queue"
         assert all(w.mode == READ for w in s.rq)
         assert s.qwriters == sum(1 for w in s.wq if w.mode == WRITE), "queued writer count"
         if s.upgrading is not None:
