@@ -323,8 +323,12 @@ class RWLock:
         return self._wait(task, mode)
 
     async def _wait(self, task: Any, mode: int) -> None:
-        s = self._state()
-        self._watch_holders(s)  # may find a holder already gone and break the lock
+        s = self._s
+        if s is None:
+            s = self._s = _RWState()
+        writer = self._writer
+        if writer is None or writer not in s.watched or self._readers or s.upg is not None:
+            self._watch_holders(s)  # may find a holder already gone and break the lock
         if s.broken:
             raise BrokenResourceError(self._broken_message())
         s.ticket += 1
@@ -393,7 +397,8 @@ class RWLock:
                 readers = self._readers = {}
             readers[task] = s.wreads
             s.wreads = 0
-        self._forget(s, task)
+        if task in s.watched and not (self._readers and task in self._readers):
+            unwatch(task, s.watched.pop(task))
         self._dispatch(s, True)
         self._maybe_idle(s)
 
@@ -488,9 +493,11 @@ class RWLock:
                 wq.popleft()
                 s.qwriters -= 1
                 if w.grant():
-                    self._writer = w.task
+                    self._writer = task = w.task
                     self._version += 1
-                    break
+                    if (wq.live or s.rq.live) and task not in s.watched and not s.broken:
+                        s.watched[task] = watch(task, self._holder_exited)
+                    return
                 if s.rq.live and not phase_fair:
                     # A cancelled writer (its future already cancelled, so it will not come
                     # back to us) was holding back the readers queued after it: start over.
@@ -801,7 +808,9 @@ class WriteLock(_View):
             if rw._fast and rw._loop is not TRIO:
                 return READY
             return held_checkpoint(rw._loop, rw._release_write, task, rw._fast)
-        return rw._enter(task, WRITE)
+        if rw._try_write(task):
+            return held_checkpoint(rw._loop, rw._release_write, task, rw._fast)
+        return rw._wait(task, WRITE)
 
     def release(self) -> None:
         """Release one write level of the calling task, handing the lock on if it was the last.
