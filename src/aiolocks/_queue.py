@@ -184,6 +184,11 @@ class WaitQueue:
                 return w
         return None
 
+    def pop_first(self) -> None:
+        """Remove the waiter :meth:`first` just returned."""
+        self._items.popleft()
+        self.live -= 1
+
     def remove(self, waiter: Waiter) -> None:
         """Forget a queued waiter (it must be live and in this queue)."""
         waiter.state = GONE

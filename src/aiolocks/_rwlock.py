@@ -400,7 +400,8 @@ class RWLock:
         if task in s.watched and not (self._readers and task in self._readers):
             unwatch(task, s.watched.pop(task))
         self._dispatch(s, True)
-        self._maybe_idle(s)
+        if not (s.rq.live or s.wq.live):
+            self._maybe_idle(s)
 
     def _release_upgradable(self, task: Any) -> None:
         s = self._s
@@ -479,7 +480,7 @@ class RWLock:
                 w = rq.first()
                 if w is None or w.ticket > limit:
                     break
-                rq.popleft()
+                rq.pop_first()
                 if w.grant():
                     readers[w.task] = 1
         wq = s.wq
@@ -490,7 +491,7 @@ class RWLock:
             if w.mode == WRITE:
                 if self._readers or s.upg is not None:
                     break
-                wq.popleft()
+                wq.pop_first()
                 s.qwriters -= 1
                 if w.grant():
                     self._writer = task = w.task
@@ -506,7 +507,7 @@ class RWLock:
             else:
                 if s.upg is not None:
                     break
-                wq.popleft()
+                wq.pop_first()
                 if w.grant():
                     s.upg = w.task
                     break
