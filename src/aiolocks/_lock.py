@@ -135,7 +135,15 @@ class Lock:
             raise BrokenResourceError(self._broken_message())
         waiter = new_waiter(self._loop, task, 0, 0)
         q.append(waiter)
-        await waiter.park(self)
+        fut = waiter.fut
+        if fut is None:
+            await waiter.park(self)
+            return
+        try:
+            await fut
+        except BaseException:
+            waiter.abandon(self)
+            raise
 
     def _undo_acquire(self, task: Any) -> None:
         if self._owner is task:

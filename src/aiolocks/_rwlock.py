@@ -335,11 +335,21 @@ class RWLock:
         waiter = new_waiter(self._loop, task, mode, s.ticket)
         if mode == READ:
             s.rq.append(waiter)
+        elif mode == UPGRADE:
+            s.upgrading = waiter
         else:
             s.wq.append(waiter)
             if mode == WRITE:
                 s.qwriters += 1
-        await waiter.park(self)
+        fut = waiter.fut
+        if fut is None:
+            await waiter.park(self)
+            return
+        try:
+            await fut
+        except BaseException:
+            waiter.abandon(self)
+            raise
 
     # -- releasing ---------------------------------------------------------------------------
 
@@ -916,13 +926,7 @@ class UpgradableLock(_View):
         if self._upgrade_now(s, task):
             await held_checkpoint(rw._loop, rw._downgrade, task, rw._fast)
             return
-        rw._watch_holders(s)
-        if s.broken:
-            raise BrokenResourceError(rw._broken_message())
-        s.ticket += 1
-        waiter = new_waiter(rw._loop, task, UPGRADE, s.ticket)
-        s.upgrading = waiter
-        await waiter.park(rw)
+        await rw._wait(task, UPGRADE)
 
     def upgrade_nowait(self) -> None:
         """Upgrade if no other reader holds the lock.
