@@ -24,7 +24,7 @@ def _asyncio_held_checkpoint(undo: Callable[[Any], None], task: Any) -> Generato
 
 async def _trio_held_checkpoint(undo: Callable[[Any], None], task: Any) -> None:
     try:
-        await sys.modules["trio"].lowlevel.checkpoint()
+        await _trio_checkpoint()
     except BaseException:
         undo(task)
         raise
@@ -36,6 +36,12 @@ async def _trio_held_cancel_point(undo: Callable[[Any], None], task: Any) -> Non
     except BaseException:
         undo(task)
         raise
+
+
+def _trio_checkpoint() -> Awaitable[None]:
+    global _trio_checkpoint
+    _trio_checkpoint = sys.modules["trio"].lowlevel.checkpoint  # resolved once, on first use
+    return _trio_checkpoint()
 
 
 def held_checkpoint(

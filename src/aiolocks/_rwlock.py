@@ -768,6 +768,23 @@ class ReadLock(_View):
             return held_checkpoint(rw._loop, rw._release_read, task, rw._fast)
         return rw._enter(task, READ)
 
+    def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Awaitable[None]:
+        rw = self._rw
+        readers = rw._readers
+        if rw._s is None and readers:
+            task = task_of(rw._loop)
+            n = readers.get(task, 0)
+            if n == 1:
+                del readers[task]
+                return READY
+        self.release()
+        return READY
+
     def release(self) -> None:
         """Release one read level of the calling task.
 
@@ -822,6 +839,21 @@ class WriteLock(_View):
         if rw._try_write(task):
             return held_checkpoint(rw._loop, rw._release_write, task, rw._fast)
         return rw._wait(task, WRITE)
+
+    def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Awaitable[None]:
+        rw = self._rw
+        writer = rw._writer
+        if writer is not None and rw._s is None and writer is task_of(rw._loop):
+            rw._writer = None
+            rw._version += 1
+            return READY
+        self.release()
+        return READY
 
     def release(self) -> None:
         """Release one write level of the calling task, handing the lock on if it was the last.
