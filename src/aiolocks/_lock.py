@@ -133,14 +133,10 @@ class Lock:
             self._watch_owner(q)  # may find the owner already gone and break the lock
         if q.broken:
             raise BrokenResourceError(self._broken_message())
-        waiter = new_waiter(self._loop, task, 0, 0)
+        waiter = new_waiter(self._loop, self, task, 0, 0)
         q.append(waiter)
-        fut = waiter.fut
-        if fut is None:
-            await waiter.park(self)
-            return
         try:
-            await fut
+            await waiter
         except BaseException:
             waiter.abandon(self)
             raise

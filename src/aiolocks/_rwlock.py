@@ -332,7 +332,7 @@ class RWLock:
         if s.broken:
             raise BrokenResourceError(self._broken_message())
         s.ticket += 1
-        waiter = new_waiter(self._loop, task, mode, s.ticket)
+        waiter = new_waiter(self._loop, self, task, mode, s.ticket)
         if mode == READ:
             s.rq.append(waiter)
         elif mode == UPGRADE:
@@ -341,12 +341,8 @@ class RWLock:
             s.wq.append(waiter)
             if mode == WRITE:
                 s.qwriters += 1
-        fut = waiter.fut
-        if fut is None:
-            await waiter.park(self)
-            return
         try:
-            await fut
+            await waiter
         except BaseException:
             waiter.abandon(self)
             raise
