@@ -209,15 +209,15 @@ class _Breaker:
         self._callback(task)
 
 
-def watch(task: Any, callback: Callable[[Any], None]) -> Any:
+def watch(loop: Any, task: Any, callback: Callable[[Any], None]) -> Any:
     """Call ``callback(task)`` when ``task`` exits; returns a token for :func:`unwatch`.
 
-    Used only while some task waits behind ``task``: an owner that exits holding a lock must
-    break it, never strand its waiters.
+    ``loop`` is what the primitive is bound to (an asyncio loop or TRIO).  Used only while some
+    task waits behind ``task``: an owner that exits holding a lock must break it, never strand
+    its waiters.
     """
-    add_done_callback = getattr(task, "add_done_callback", None)
-    if add_done_callback is not None:  # any asyncio task, also pure-Python Task subclasses
-        add_done_callback(callback)
+    if loop is not TRIO:
+        task.add_done_callback(callback)  # any asyncio task, also pure-Python Task subclasses
         return callback
     trio = sys.modules["trio"]
     breaker = _Breaker(callback)
@@ -233,9 +233,8 @@ def unwatch(task: Any, token: Any) -> None:
     """Undo :func:`watch`."""
     if token is None:
         return
-    remove_done_callback = getattr(task, "remove_done_callback", None)
-    if remove_done_callback is not None:
-        remove_done_callback(token)
+    if token.__class__ is not _Breaker:
+        task.remove_done_callback(token)
         return
     try:
         sys.modules["trio"].lowlevel.remove_parking_lot_breaker(task, token)

@@ -221,7 +221,7 @@ class Lock:
     # -- an owner that exits holding the lock -----------------------------------------------
 
     def _watch_owner(self, q: _LockQueue) -> None:
-        q.watch_token = watch(self._owner, self._owner_exited)
+        q.watch_token = watch(self._loop, self._owner, self._owner_exited)
 
     def _owner_exited(self, task: Any) -> None:
         q = self._q

@@ -503,7 +503,7 @@ class RWLock:
                     self._writer = task = w.task
                     self._version += 1
                     if (wq.live or s.rq.live) and task not in s.watched and not s.broken:
-                        s.watched[task] = watch(task, self._holder_exited)
+                        s.watched[task] = watch(self._loop, task, self._holder_exited)
                     return
                 if s.rq.live and not phase_fair:
                     # A cancelled writer (its future already cancelled, so it will not come
@@ -589,7 +589,7 @@ class RWLock:
         for task in [writer, upg, *(readers or ())]:
             if task is not None and task not in watched and not s.broken:
                 watched[task] = None  # a watch may report an exit at once (trio)
-                watched[task] = watch(task, self._holder_exited)
+                watched[task] = watch(self._loop, task, self._holder_exited)
 
     def _forget(self, s: _RWState, task: Any) -> None:
         if task in s.watched and not self._holds(s, task):
