@@ -156,25 +156,25 @@ class WaitQueue:
     timed-out waiters does not grow without bound.
     """
 
-    __slots__ = ("_items", "live")
+    __slots__ = ("items", "live")
 
     def __init__(self) -> None:
-        self._items: deque[Waiter] = deque()
+        self.items: deque[Waiter] = deque()  # live waiters and tombstones, in arrival order
         self.live = 0  # waiters still WAITING
 
     def __len__(self) -> int:
         return self.live  # hot paths read .live directly: a Python __len__ costs a call
 
     def __iter__(self) -> Iterator[Waiter]:
-        return (w for w in self._items if w.state == WAITING)
+        return (w for w in self.items if w.state == WAITING)
 
     def append(self, waiter: Waiter) -> None:
-        self._items.append(waiter)
+        self.items.append(waiter)
         self.live += 1
 
     def first(self) -> Waiter | None:
         """The first live waiter, without removing it."""
-        items = self._items
+        items = self.items
         while items:
             w = items[0]
             if w.state == WAITING:
@@ -184,7 +184,7 @@ class WaitQueue:
 
     def popleft(self) -> Waiter | None:
         """Remove and return the first live waiter (still marked WAITING), or None."""
-        items = self._items
+        items = self.items
         while items:
             w = items.popleft()
             if w.state == WAITING:
@@ -194,23 +194,23 @@ class WaitQueue:
 
     def pop_first(self) -> None:
         """Remove the waiter :meth:`first` just returned."""
-        self._items.popleft()
+        self.items.popleft()
         self.live -= 1
 
     def remove(self, waiter: Waiter) -> None:
         """Forget a queued waiter (it must be live and in this queue)."""
         waiter.state = GONE
         self.live -= 1
-        items = self._items
+        items = self.items
         if not self.live:
             items.clear()
         elif len(items) > 64 and len(items) > 4 * self.live:
-            self._items = deque(w for w in items if w.state == WAITING)
+            self.items = deque(w for w in items if w.state == WAITING)
 
     def take_all(self) -> list[Waiter]:
         """Remove and return every live waiter, in order."""
-        out = [w for w in self._items if w.state == WAITING]
-        self._items.clear()
+        out = [w for w in self.items if w.state == WAITING]
+        self.items.clear()
         self.live = 0
         return out
 

@@ -19,7 +19,7 @@ from anyio import BrokenResourceError, LockStatistics, TaskInfo, WouldBlock
 from ._backend import READY, TRIO, resolve_task, task_info, task_of, unwatch, watch
 from ._common import check_flag, held_checkpoint, name_of, no_sync_with, set_name, who
 from ._exceptions import DeadlockError
-from ._queue import GONE, Waiter, WaitQueue, new_waiter
+from ._queue import GONE, WAITING, Waiter, WaitQueue, new_waiter
 
 __all__ = ["RWLock", "RWLockStatistics", "ReadLock", "UpgradableLock", "WriteLock"]
 
@@ -491,13 +491,18 @@ class RWLock:
                     readers[w.task] = 1
         wq = s.wq
         while True:
-            w = wq.first()
+            items = wq.items
+            w = items[0] if items else None
+            if w is not None and w.state != WAITING:
+                w = wq.first()
             if w is None:
                 break
             if w.mode == WRITE:
                 if self._readers or s.upg is not None:
                     break
-                wq.pop_first()
+                items = wq.items  # first() may have rebuilt it
+                items.popleft()
+                wq.live -= 1
                 s.qwriters -= 1
                 if w.grant():
                     self._writer = task = w.task
@@ -832,6 +837,9 @@ class WriteLock(_View):
             if rw._fast and rw._loop is not TRIO:
                 return READY
             return held_checkpoint(rw._loop, rw._release_write, task, rw._fast)
+        writer = rw._writer
+        if writer is not None and writer is not task:
+            return rw._wait(task, WRITE)  # held by another writer: nothing to decide, wait
         if rw._try_write(task):
             return held_checkpoint(rw._loop, rw._release_write, task, rw._fast)
         return rw._wait(task, WRITE)
