@@ -138,7 +138,7 @@ class Lock:
         try:
             await waiter
         except BaseException:
-            waiter.abandon(self)
+            waiter.abandon()
             raise
 
     def _undo_acquire(self, task: Any) -> None:

@@ -7,11 +7,13 @@ machines.  The rules it enforces:
   waiter as the new holder; the waiter wakes up already owning what it asked for, so no newcomer
   can barge in and no grant can be lost.
 * **Cancellation is the queue's problem.**  A waiter cancelled while queued is removed in O(1)
-  (``owner._waiter_gone``); a waiter that was granted and then cancelled before it could run
-  hands its grant back (``owner._grant_abandoned``), which passes it on (``Waiter.abandon``
+  (``home._waiter_gone``); a waiter that was granted and then cancelled before it could run
+  hands its grant back (``home._grant_abandoned``), which passes it on (``Waiter.abandon``
   decides which).  On trio a granted task is never aborted, so only the first case exists there.
 
-``owner`` is the primitive that queued the waiter; it implements :class:`Parker`.
+``home`` is the primitive whose queue holds the waiter; it implements :class:`Parker`.  A waiter
+may change home while it sleeps: a notified ``Condition`` waiter moves into its lock's queue and
+wakes up holding the lock (trio's "repark").
 """
 
 from __future__ import annotations
@@ -56,19 +58,20 @@ class _WaiterBase:
 
     __slots__ = ()
 
+    home: Parker  # the primitive whose queue holds the waiter now (it may move: Condition)
     task: Any  # the waiting task
     mode: int  # what it asked for (the primitive's own numbering)
     ticket: int  # arrival order, where the primitive needs one
     state: int  # WAITING, GRANTED or GONE
 
-    def abandon(self, owner: Parker) -> None:
+    def abandon(self) -> None:
         """The wait ended in an exception (cancellation or a broken lock): clean up after it."""
         waiter = cast("Waiter", self)
         if self.state == WAITING:
-            owner._waiter_gone(waiter)
+            self.home._waiter_gone(waiter)
         elif self.state == GRANTED:
             # The grant raced with Task.cancel(): we own it but are leaving; pass it on.
-            owner._grant_abandoned(waiter)
+            self.home._grant_abandoned(waiter)
 
 
 class AsyncioWaiter(asyncio.Future, _WaiterBase):  # type: ignore[type-arg]
@@ -79,7 +82,7 @@ class AsyncioWaiter(asyncio.Future, _WaiterBase):  # type: ignore[type-arg]
     cancelled waiters near the cost of bare tasks, GC pressure included).
     """
 
-    __slots__ = ("mode", "state", "task", "ticket")
+    __slots__ = ("home", "mode", "state", "task", "ticket")
 
     def grant(self) -> bool:
         """Wake the waiter as the new holder; False if it turned out to be gone already."""
@@ -102,10 +105,10 @@ class AsyncioWaiter(asyncio.Future, _WaiterBase):  # type: ignore[type-arg]
 class TrioWaiter(_WaiterBase):
     """A waiter parked with ``trio.lowlevel.wait_task_rescheduled``."""
 
-    __slots__ = ("mode", "owner", "state", "task", "ticket")
+    __slots__ = ("home", "mode", "state", "task", "ticket")
 
-    def __init__(self, owner: Parker, task: Any, mode: int, ticket: int) -> None:
-        self.owner = owner
+    def __init__(self, home: Parker, task: Any, mode: int, ticket: int) -> None:
+        self.home = home
         self.task = task
         self.mode = mode
         self.ticket = ticket
@@ -119,7 +122,7 @@ class TrioWaiter(_WaiterBase):
 
         def abort(_: Any) -> Any:
             # trio calls this only while we have not been rescheduled, i.e. never after a grant.
-            self.owner._waiter_gone(self)
+            self.home._waiter_gone(self)
             return lowlevel.Abort.SUCCEEDED
 
         await lowlevel.wait_task_rescheduled(abort)
@@ -138,12 +141,14 @@ class TrioWaiter(_WaiterBase):
 
 
 #: One parked request: the task, what it asked for (``mode``), its arrival ``ticket``, its
-#: ``state``, and how to wake it.  Await it to park; on an exception call ``abandon(owner)``:
+#: ``state``, the primitive it waits in (``home``), and how to wake it.  Await it to park; on an
+#: exception call ``abandon()``, which tells ``home`` (cancelled while queued, or granted and
+#: then cancelled before it ran):
 #:
 #:     try:
 #:         await waiter
 #:     except BaseException:
-#:         waiter.abandon(self)
+#:         waiter.abandon()
 #:         raise
 Waiter = Union[AsyncioWaiter, TrioWaiter]
 
@@ -215,11 +220,12 @@ class WaitQueue:
         return out
 
 
-def new_waiter(loop: Any, owner: Parker, task: Any, mode: int, ticket: int) -> Waiter:
+def new_waiter(loop: Any, home: Parker, task: Any, mode: int, ticket: int) -> Waiter:
     """A waiter for ``task`` of the backend ``loop`` stands for (an asyncio loop or TRIO)."""
     if loop is TRIO:
-        return TrioWaiter(owner, task, mode, ticket)
+        return TrioWaiter(home, task, mode, ticket)
     waiter = AsyncioWaiter(loop=loop)
+    waiter.home = home
     waiter.task = task
     waiter.mode = mode
     waiter.ticket = ticket

@@ -344,7 +344,7 @@ class RWLock:
         try:
             await waiter
         except BaseException:
-            waiter.abandon(self)
+            waiter.abandon()
             raise
 
     # -- releasing ---------------------------------------------------------------------------
