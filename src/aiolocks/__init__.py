@@ -7,11 +7,14 @@ from __future__ import annotations
 
 from anyio import LockStatistics
 
+from ._condition import Condition, ConditionStatistics
 from ._exceptions import DeadlockError, TaskKeyError
 from ._lock import Lock
 from ._rwlock import ReadLock, RWLock, RWLockStatistics, UpgradableLock, WriteLock
 
 __all__ = [
+    "Condition",
+    "ConditionStatistics",
     "DeadlockError",
     "Lock",
     "LockStatistics",

@@ -6,11 +6,20 @@ import sys
 import types
 from collections.abc import Awaitable, Generator
 from typing import Any, Callable, NoReturn
-from weakref import WeakKeyDictionary
+from weakref import WeakKeyDictionary, WeakSet
 
 from ._backend import READY, TRIO, task_name
 
-__all__ = ["check_flag", "held_checkpoint", "name_of", "no_sync_with", "set_name", "who"]
+__all__ = [
+    "add_sleeper",
+    "check_flag",
+    "lock_broken",
+    "held_checkpoint",
+    "name_of",
+    "no_sync_with",
+    "set_name",
+    "who",
+]
 
 
 @types.coroutine
@@ -91,6 +100,26 @@ def set_name(prim: object, name: str | None) -> None:
 def name_of(prim: object) -> str | None:
     """The name given to ``prim``, if any."""
     return _NAMES.get(prim)
+
+
+# Conditions with tasks sleeping over a lock, by the lock's underlying primitive: when the lock
+# breaks (a holder exited holding it), they must fail their sleepers, who could never be
+# notified.  Consulted only on that rare path; weak on both sides.
+_SLEEPERS: WeakKeyDictionary[Any, WeakSet[Any]] = WeakKeyDictionary()
+
+
+def add_sleeper(prim: object, cond: object) -> None:
+    """Register ``cond`` to hear ``cond._lock_broken(write_held)`` when ``prim`` breaks."""
+    conds = _SLEEPERS.get(prim)
+    if conds is None:
+        conds = _SLEEPERS[prim] = WeakSet()
+    conds.add(cond)
+
+
+def lock_broken(prim: object, write_held: bool) -> None:
+    """``prim`` broke: a holder exited holding it (``write_held``: it held it exclusively)."""
+    for cond in list(_SLEEPERS.get(prim, ())):
+        cond._lock_broken(write_held)
 
 
 def check_flag(value: object, what: str) -> bool:

@@ -9,7 +9,7 @@ from typing import Any, final
 from anyio import BrokenResourceError, LockStatistics, WouldBlock
 
 from ._backend import READY, TRIO, resolve_task, task_info, task_of, unwatch, watch
-from ._common import check_flag, held_checkpoint, name_of, no_sync_with, set_name, who
+from ._common import check_flag, held_checkpoint, lock_broken, name_of, no_sync_with, set_name, who
 from ._exceptions import DeadlockError
 from ._queue import Waiter, WaitQueue, new_waiter
 
@@ -218,6 +218,17 @@ class Lock:
         if self._owner is waiter.task:
             self._release()
 
+    def _repark(self, waiter: Waiter) -> None:
+        """Queue a waiter that already sleeps (a notified Condition waiter: the caller of
+        notify() holds the lock, so it queues behind it and wakes up holding the lock)."""
+        q = self._q
+        if q is None:
+            q = self._q = _LockQueue()
+        if q.watch_token is None and not q.broken:
+            self._watch_owner(q)
+        waiter.home = self
+        q.append(waiter)
+
     # -- an owner that exits holding the lock -----------------------------------------------
 
     def _watch_owner(self, q: _LockQueue) -> None:
@@ -232,6 +243,7 @@ class Lock:
         message = self._broken_message()
         for waiter in q.take_all():
             waiter.fail(BrokenResourceError(message))
+        lock_broken(self, True)
 
     def _broken_message(self) -> str:
         return f"{self!r}: the task holding it ({who(self._owner)}) exited without releasing it"

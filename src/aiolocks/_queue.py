@@ -101,6 +101,13 @@ class AsyncioWaiter(asyncio.Future, _WaiterBase):  # type: ignore[type-arg]
         if not self.done():
             self.set_exception(exc)
 
+    def fut_cancelled(self) -> bool:
+        """True (and now GONE) if Task.cancel() already cancelled it: it cannot be moved."""
+        if self.done():
+            self.state = GONE
+            return True
+        return False
+
 
 class TrioWaiter(_WaiterBase):
     """A waiter parked with ``trio.lowlevel.wait_task_rescheduled``."""
@@ -126,6 +133,10 @@ class TrioWaiter(_WaiterBase):
             return lowlevel.Abort.SUCCEEDED
 
         await lowlevel.wait_task_rescheduled(abort)
+
+    def fut_cancelled(self) -> bool:
+        """Never on trio: a cancelled waiter has left its queue already."""
+        return False
 
     def grant(self) -> bool:
         """Wake the waiter as the new holder (on trio it cannot be gone already)."""

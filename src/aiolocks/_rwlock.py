@@ -17,7 +17,7 @@ from typing import Any, final
 from anyio import BrokenResourceError, LockStatistics, TaskInfo, WouldBlock
 
 from ._backend import READY, TRIO, resolve_task, task_info, task_of, unwatch, watch
-from ._common import check_flag, held_checkpoint, name_of, no_sync_with, set_name, who
+from ._common import check_flag, held_checkpoint, lock_broken, name_of, no_sync_with, set_name, who
 from ._exceptions import DeadlockError
 from ._queue import GONE, WAITING, Waiter, WaitQueue, new_waiter
 
@@ -570,6 +570,18 @@ class RWLock:
         else:
             self._downgrade(task)  # a cancelled upgrade() keeps the upgradable hold
 
+    def _repark_writer(self, waiter: Waiter) -> None:
+        """Queue a sleeping waiter for the write lock (a notified Condition waiter; the caller
+        of notify() holds the write lock, so it queues and wakes up holding it)."""
+        s = self._state()
+        s.ticket += 1
+        waiter.home = self
+        waiter.mode = WRITE
+        waiter.ticket = s.ticket
+        s.wq.append(waiter)
+        s.qwriters += 1
+        self._watch_holders(s)
+
     # -- holders that exit holding the lock -----------------------------------------------------
 
     def _holds(self, s: _RWState, task: Any) -> bool:
@@ -617,6 +629,7 @@ class RWLock:
         for w in failed:
             w.fail(BrokenResourceError(message))
         self._dispatch(s, False)  # readers held back only by the failed writers may go
+        lock_broken(self, self._writer is task)
 
     def _broken_message(self, task: Any = None) -> str:
         if task is None:
