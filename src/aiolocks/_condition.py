@@ -239,10 +239,9 @@ class Condition:
             if kind in (_LOCK, _WRITER):
                 if waiter.fut_cancelled():
                     continue  # Task.cancel() got there first: notify the next one instead
-                if kind == _LOCK:
-                    self._lock._repark(waiter)
-                else:
-                    self._rw._repark_writer(waiter)
+                repark = self._lock._repark if kind == _LOCK else self._rw._repark_writer
+                if not repark(waiter):
+                    continue
             elif not waiter.grant():
                 continue
             n -= 1

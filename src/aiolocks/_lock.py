@@ -218,16 +218,23 @@ class Lock:
         if self._owner is waiter.task:
             self._release()
 
-    def _repark(self, waiter: Waiter) -> None:
-        """Queue a waiter that already sleeps (a notified Condition waiter: the caller of
-        notify() holds the lock, so it queues behind it and wakes up holding the lock)."""
+    def _repark(self, waiter: Waiter) -> bool:
+        """Queue a waiter that already sleeps (a notified Condition waiter): it wakes up
+        holding the lock.  False if it turned out to be gone (cancelled) already."""
+        waiter.home = self
+        if self._owner is None:  # a cancelled wait() just passed its notification on
+            self._owner = waiter.task
+            if waiter.grant():
+                return True
+            self._owner = None
+            return False
         q = self._q
         if q is None:
             q = self._q = _LockQueue()
         if q.watch_token is None and not q.broken:
             self._watch_owner(q)
-        waiter.home = self
         q.append(waiter)
+        return True
 
     # -- an owner that exits holding the lock -----------------------------------------------
 

@@ -570,9 +570,9 @@ class RWLock:
         else:
             self._downgrade(task)  # a cancelled upgrade() keeps the upgradable hold
 
-    def _repark_writer(self, waiter: Waiter) -> None:
-        """Queue a sleeping waiter for the write lock (a notified Condition waiter; the caller
-        of notify() holds the write lock, so it queues and wakes up holding it)."""
+    def _repark_writer(self, waiter: Waiter) -> bool:
+        """Queue a sleeping waiter for the write lock (a notified Condition waiter): it wakes
+        up holding it.  False if it turned out to be gone (cancelled) already."""
         s = self._state()
         s.ticket += 1
         waiter.home = self
@@ -580,7 +580,12 @@ class RWLock:
         waiter.ticket = s.ticket
         s.wq.append(waiter)
         s.qwriters += 1
+        if self._writer is None:  # a cancelled wait() just passed its notification on
+            self._dispatch(s, False)
+            self._maybe_idle(s)
+            return waiter.state != GONE
         self._watch_holders(s)
+        return True
 
     # -- holders that exit holding the lock -----------------------------------------------------
 
