@@ -49,11 +49,21 @@ AIORWLOCK_FAST = "aiorwlock.RWLock(fast=True)"
 
 BARE_TASKS = "bare tasks"
 
+ASYNCIO_COND = "asyncio.Condition()"
+ANYIO_COND = "anyio.Condition()"
+TRIO_COND = "trio.Condition()"
+COND = "aiolocks.Condition()"
+COND_FAST = "aiolocks.Condition(Lock(fast_acquire=True))"
+COND_RW_WRITER = "aiolocks.Condition(RWLock().writer)"
+
 FACTORIES: dict[str, Factory] = {
     ASYNCIO_LOCK: asyncio.Lock,
     ANYIO_LOCK: anyio.Lock,
     ANYIO_LOCK_FAST: lambda: anyio.Lock(fast_acquire=True),
     TRIO_LOCK: trio.Lock,
+    ASYNCIO_COND: asyncio.Condition,
+    ANYIO_COND: anyio.Condition,
+    TRIO_COND: trio.Condition,
 }
 
 # Whole read-write locks, as (reader view, writer view) makers, for the mixed scenarios.
@@ -74,6 +84,7 @@ if aiorwlock is not None:
 _al: Any = aiolocks
 HAS_LOCK = hasattr(_al, "Lock")
 HAS_RWLOCK = hasattr(_al, "RWLock")
+HAS_CONDITION = hasattr(_al, "Condition")
 
 if HAS_LOCK:
     FACTORIES[LOCK] = lambda: _al.Lock()
@@ -96,6 +107,13 @@ if HAS_RWLOCK:
     RW_FACTORIES[RWLOCK] = lambda: _rw(False)
     RW_FACTORIES[RWLOCK_FAST] = lambda: _rw(True)
 
+if HAS_CONDITION:
+    FACTORIES[COND] = lambda: _al.Condition()
+    if HAS_LOCK:
+        FACTORIES[COND_FAST] = lambda: _al.Condition(_al.Lock(fast_acquire=True))
+    if HAS_RWLOCK:
+        FACTORIES[COND_RW_WRITER] = lambda: _al.Condition(_al.RWLock().writer)
+
 # Objects whose idle size is measured: the whole lock, not a view.
 MEMORY_FACTORIES: dict[str, Factory] = {
     ASYNCIO_LOCK: asyncio.Lock,
@@ -110,7 +128,15 @@ if HAS_RWLOCK:
     MEMORY_FACTORIES[RWLOCK] = lambda: _al.RWLock()
     MEMORY_FACTORIES[RWLOCK_FAST] = lambda: _al.RWLock(fast_acquire=True)
 
-MISSING = [n for n, ok in (("aiolocks.Lock", HAS_LOCK), ("aiolocks.RWLock", HAS_RWLOCK)) if not ok]
+MISSING = [
+    n
+    for n, ok in (
+        ("aiolocks.Lock", HAS_LOCK),
+        ("aiolocks.RWLock", HAS_RWLOCK),
+        ("aiolocks.Condition", HAS_CONDITION),
+    )
+    if not ok
+]
 
 
 def available(*names: str) -> list[str]:

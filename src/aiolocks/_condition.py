@@ -10,7 +10,7 @@ from typing import Any, Callable, TypeVar, final
 import anyio
 from anyio import BrokenResourceError
 
-from ._backend import resolve_task, task_of
+from ._backend import READY, resolve_task, task_of
 from ._common import add_sleeper, name_of, no_sync_with, set_name, who
 from ._lock import Lock
 from ._queue import GRANTED, Waiter, WaitQueue, new_waiter
@@ -120,6 +120,12 @@ class Condition:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> Awaitable[Any]:
+        if (
+            exc_type is not None
+            and issubclass(exc_type, BrokenResourceError)
+            and not self._holds(self._me())
+        ):
+            return READY  # wait() raised it without the lock: there is nothing to release
         return self._lock.__aexit__(exc_type, exc, tb)  # type: ignore[no-any-return]
 
     async def acquire(self) -> None:
@@ -162,7 +168,7 @@ class Condition:
                 task waited; it then does not hold the lock.
         """
         task = self._me()
-        if not self._holds(task):
+        if not self._holds(task, waiting=True):
             raise RuntimeError(f"wait() on {self!r} by {who(task)}, which does not hold its lock")
         levels = self._levels(task)  # refuses (raises) before anything changes
         if not self._registered:
@@ -272,15 +278,19 @@ class Condition:
     def _in_use(self) -> bool:
         return len(self._q) > 0
 
-    def _holds(self, task: Any) -> bool:
+    def _holds(self, task: Any, waiting: bool = False) -> bool:
         kind = self._kind
         if kind == _LOCK:
             return self._lock._owner is task
         if kind == _WRITER:
             return self._rw._writer is task
         if kind == _READER:
+            # A writer excludes every reader, so it may notify readers; waiting needs a plain
+            # read hold, which is what wait() lets go of.
             readers = self._rw._readers
-            return bool(readers) and task in readers
+            if readers and task in readers:
+                return True
+            return not waiting and self._rw._writer is task
         owner = self._lock.statistics().owner
         return owner is not None and owner.id == id(task)
 
