@@ -190,7 +190,12 @@ class Condition:
             await self._retake(task, levels)
             raise
         if waiter.home is self:  # notified, not reparked: take the lock back now
-            await self._retake(task, levels)
+            try:
+                await self._retake(task, levels)
+            except BaseException:
+                # Cancelled while taking the lock back: the notification was never acted on.
+                self._notify(1)
+                raise
         elif levels > 1:  # reparked: woke up holding one write level
             self._restore(task, levels)
 
