@@ -3,7 +3,9 @@
 The idea is trio's ``test_generic_lock_*``: one suite, parametrised over the ways of making a
 lock. To cover a new primitive, add a :class:`LockFactory` to :data:`FACTORIES`; tests that only
 make sense for an exclusive lock (mutual exclusion, FIFO, owner, contention through the same
-view) run for the entries marked ``exclusive=True``; the rest run for every entry.
+view) run for the entries marked ``exclusive=True``; the rest run for every entry. A
+``Condition`` is lock-like through the lock it wraps; tests read the anyio-shaped lock
+statistics through :func:`_stats`, which looks through a condition to its lock's.
 """
 
 from __future__ import annotations
@@ -61,6 +63,16 @@ def _rw_reader(**kwargs: Any) -> Made:
     return Made(rw.reader, rw._check_invariants)
 
 
+def _condition() -> Made:
+    cond = aiolocks.Condition()
+    return Made(cond, cond.lock._check_invariants)
+
+
+def _condition_writer() -> Made:
+    rw = aiolocks.RWLock()
+    return Made(aiolocks.Condition(rw.writer), rw._check_invariants)
+
+
 FACTORIES: list[LockFactory] = [
     LockFactory("Lock", _lock, exclusive=True),
     LockFactory("Lock-fast", lambda: _lock(fast_acquire=True), exclusive=True, fast_acquire=True),
@@ -72,7 +84,19 @@ FACTORIES: list[LockFactory] = [
         fast_acquire=True,
     ),
     LockFactory("RWLock.reader", _rw_reader, exclusive=False),
+    LockFactory("Condition", _condition, exclusive=True),
+    LockFactory("Condition(RWLock.writer)", _condition_writer, exclusive=True),
 ]
+
+
+def _stats(lock: Any) -> Any:
+    """The lock's anyio-shaped statistics (locked, owner, tasks_waiting).
+
+    A Condition's own ``statistics()`` counts the tasks in ``wait()``; the statistics of the
+    lock it delegates to are in its ``lock_statistics`` field.
+    """
+    stats = lock.statistics()
+    return getattr(stats, "lock_statistics", stats)
 
 
 def _params(predicate: Callable[[LockFactory], bool]) -> list[Any]:
@@ -153,7 +177,7 @@ async def _exercise(made: Made, exclusive: bool) -> None:
                 await lock.acquire()
                 tg.start_soon(waiter)
                 await anyio.wait_all_tasks_blocked()
-                assert lock.statistics().tasks_waiting == 1
+                assert _stats(lock).tasks_waiting == 1
                 made.check_invariants()
                 lock.release()
             assert order == ["waiter"]
@@ -191,7 +215,7 @@ async def test_exclusive_lock_admits_one_task_at_a_time(exclusive_factory: LockF
     assert max_inside == 1
     assert entries == 30 * 25
     assert not lock.locked()
-    assert lock.statistics().tasks_waiting == 0
+    assert _stats(lock).tasks_waiting == 0
     made.check_invariants()
 
 
@@ -211,7 +235,7 @@ async def test_waiters_are_served_in_arrival_order(exclusive_factory: LockFactor
             for i in range(8):
                 tg.start_soon(waiter, i)
                 await anyio.wait_all_tasks_blocked()
-            assert lock.statistics().tasks_waiting == 8
+            assert _stats(lock).tasks_waiting == 8
             made.check_invariants()
             lock.release()
     assert order == list(range(8))
@@ -240,7 +264,7 @@ async def test_cancelled_middle_waiter_is_skipped_and_order_kept(
                 await anyio.wait_all_tasks_blocked()
             scopes[1].cancel()
             await anyio.wait_all_tasks_blocked()
-            assert lock.statistics().tasks_waiting == 2
+            assert _stats(lock).tasks_waiting == 2
             made.check_invariants()
             lock.release()
     assert order == [0, 2]
@@ -300,7 +324,7 @@ async def test_mutual_exclusion_survives_random_cancellation(
     assert cancelled > 0
     assert entries > 0
     assert not lock.locked()
-    assert lock.statistics().tasks_waiting == 0
+    assert _stats(lock).tasks_waiting == 0
     made.check_invariants()
 
 
@@ -351,11 +375,11 @@ async def test_acquire_nowait_raises_wouldblock_when_held_and_changes_nothing(
             with pytest.raises(anyio.WouldBlock):
                 lock.acquire_nowait()
             assert lock.statistics() == before
-            assert lock.statistics().owner == holder
+            assert _stats(lock).owner == holder
             made.check_invariants()
             release.set()
     lock.acquire_nowait()
-    assert lock.statistics().owner == anyio.get_current_task()
+    assert _stats(lock).owner == anyio.get_current_task()
     lock.release()
     made.check_invariants()
 
@@ -409,7 +433,7 @@ async def test_locked_reports_whether_held(factory: LockFactory) -> None:
 async def test_statistics_count_waiters_and_name_the_owner(exclusive_factory: LockFactory) -> None:
     made = exclusive_factory.make()
     lock = made.lock
-    stats = lock.statistics()
+    stats = _stats(lock)
     assert dataclasses.is_dataclass(stats)
     assert (stats.locked, stats.owner, stats.tasks_waiting) == (False, None, 0)
 
@@ -420,7 +444,7 @@ async def test_statistics_count_waiters_and_name_the_owner(exclusive_factory: Lo
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
             await lock.acquire()
-            stats = lock.statistics()
+            stats = _stats(lock)
             assert (stats.locked, stats.owner, stats.tasks_waiting) == (
                 True,
                 anyio.get_current_task(),
@@ -429,11 +453,11 @@ async def test_statistics_count_waiters_and_name_the_owner(exclusive_factory: Lo
             for expected in (1, 2, 3):
                 tg.start_soon(waiter)
                 await anyio.wait_all_tasks_blocked()
-                assert lock.statistics().tasks_waiting == expected
-                assert lock.statistics().owner == anyio.get_current_task()
+                assert _stats(lock).tasks_waiting == expected
+                assert _stats(lock).owner == anyio.get_current_task()
             made.check_invariants()
             lock.release()
-    stats = lock.statistics()
+    stats = _stats(lock)
     assert (stats.locked, stats.owner, stats.tasks_waiting) == (False, None, 0)
     made.check_invariants()
 
@@ -538,12 +562,12 @@ async def test_timeout_around_contended_acquire_leaves_no_waiter(
             with anyio.move_on_after(0.01) as scope:
                 await lock.acquire()
             assert scope.cancelled_caught
-            assert lock.statistics().tasks_waiting == 0
+            assert _stats(lock).tasks_waiting == 0
             made.check_invariants()
             release.set()
     # The timed-out waiter was not handed the lock on release.
     assert not lock.locked()
-    assert lock.statistics().owner is None
+    assert _stats(lock).owner is None
     lock.acquire_nowait()
     lock.release()
     made.check_invariants()
@@ -581,7 +605,7 @@ async def test_granted_waiter_cancelled_before_running_passes_the_lock_on(
     # hand-off must not be lost: `second` gets the lock and it ends up free.
     assert "second" in entered
     assert not lock.locked()
-    assert lock.statistics().tasks_waiting == 0
+    assert _stats(lock).tasks_waiting == 0
     made.check_invariants()
 
 
@@ -687,8 +711,8 @@ async def test_fast_contended_acquire_still_waits_and_is_cancellable(
                 scope.cancel()
                 await lock.acquire()
             assert scope.cancelled_caught
-            assert lock.statistics().owner == holder
-            assert lock.statistics().tasks_waiting == 0
+            assert _stats(lock).owner == holder
+            assert _stats(lock).tasks_waiting == 0
             made.check_invariants()
             release.set()
     assert not lock.locked()
@@ -747,7 +771,7 @@ async def test_owner_exit_breaks_lock_for_waiters_and_later_acquires(
             tg.start_soon(waiter)
             tg.start_soon(waiter)
             await anyio.wait_all_tasks_blocked()
-            assert lock.statistics().tasks_waiting == 2
+            assert _stats(lock).tasks_waiting == 2
             leave.set()
         assert outcomes == ["broken", "broken"]
         made.check_invariants()
@@ -758,7 +782,7 @@ async def test_owner_exit_breaks_lock_for_waiters_and_later_acquires(
         # ... and the non-blocking form reports that it would block.
         with pytest.raises(anyio.WouldBlock):
             lock.acquire_nowait()
-        assert lock.statistics().tasks_waiting == 0
+        assert _stats(lock).tasks_waiting == 0
         made.check_invariants()
 
 

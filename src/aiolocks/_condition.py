@@ -167,16 +167,26 @@ class Condition:
             anyio.BrokenResourceError: the lock broke (a task exited holding it) while this
                 task waited; it then does not hold the lock.
         """
-        task = self._me()
-        if not self._holds(task, waiting=True):
+        task = task_of(self._loop)
+        if task is None:
+            task = resolve_task(self)
+        lock = self._lock
+        plain = self._kind == _LOCK and lock._owner is task  # the common case, decided inline
+        if plain:
+            levels = 1
+        elif self._holds(task, waiting=True):
+            levels = self._levels(task)  # refuses (raises) before anything changes
+        else:
             raise RuntimeError(f"wait() on {self!r} by {who(task)}, which does not hold its lock")
-        levels = self._levels(task)  # refuses (raises) before anything changes
         if not self._registered:
-            add_sleeper(self._rw if self._rw is not None else self._lock, self)
+            add_sleeper(self._rw if self._rw is not None else lock, self)
             self._registered = True
         waiter = new_waiter(self._loop, self, task, 0, 0)
         self._q.append(waiter)
-        self._release_all(task)
+        if plain:
+            lock._release()
+        else:
+            self._release_all(task)
         try:
             await waiter
         except BaseException as exc:
@@ -228,8 +238,10 @@ class Condition:
             raise TypeError(f"notify(n): n must be an int, not {type(n).__name__}")
         if n < 0:
             raise ValueError(f"notify(n): n must be >= 0, not {n}")
-        task = self._me()
-        if not self._holds(task):
+        task = task_of(self._loop)
+        if task is None:
+            task = resolve_task(self)
+        if not (self._kind == _LOCK and self._lock._owner is task) and not self._holds(task):
             raise RuntimeError(f"notify() on {self!r} by {who(task)}, which does not hold its lock")
         self._notify(n)
 

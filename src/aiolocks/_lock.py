@@ -27,6 +27,23 @@ class _LockQueue(WaitQueue):
         self.watch_token: Any = None  # set while the owner is watched for exiting
 
 
+# Emptied queues are kept for reuse: a lock that goes back and forth between contended and
+# free (a condition's ping-pong) would otherwise build a new queue every time.
+_SPARE: list[_LockQueue] = []
+
+
+def _new_queue() -> _LockQueue:
+    return _SPARE.pop() if _SPARE else _LockQueue()
+
+
+def _drop_queue(q: _LockQueue) -> None:
+    if len(_SPARE) < 64:
+        q.items.clear()
+        q.live = 0
+        q.watch_token = None
+        _SPARE.append(q)
+
+
 @final
 class Lock:
     """A mutual-exclusion lock for asyncio and trio tasks, FIFO and not re-entrant.
@@ -128,7 +145,7 @@ class Lock:
             raise DeadlockError(f"{self!r} is already held by this task (it is not re-entrant)")
         q = self._q
         if q is None:
-            q = self._q = _LockQueue()
+            q = self._q = _new_queue()
         if q.watch_token is None and not q.broken:
             self._watch_owner(q)  # may find the owner already gone and break the lock
         if q.broken:
@@ -194,6 +211,7 @@ class Lock:
                 self._owner = None
                 if not q.broken:
                     self._q = None
+                    _drop_queue(q)
                 return
             self._owner = waiter.task
             if waiter.grant():
@@ -201,6 +219,7 @@ class Lock:
                     self._watch_owner(q)
                 elif not q.broken:
                     self._q = None
+                    _drop_queue(q)
                 return
 
     # -- the queue's callbacks ---------------------------------------------------------------
@@ -213,6 +232,7 @@ class Lock:
             if q.watch_token is not None:
                 unwatch(self._owner, q.watch_token)
             self._q = None
+            _drop_queue(q)
 
     def _grant_abandoned(self, waiter: Waiter) -> None:
         if self._owner is waiter.task:
@@ -230,7 +250,7 @@ class Lock:
             return False
         q = self._q
         if q is None:
-            q = self._q = _LockQueue()
+            q = self._q = _new_queue()
         if q.watch_token is None and not q.broken:
             self._watch_owner(q)
         q.append(waiter)
