@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from inspect import isawaitable
 from types import TracebackType
-from typing import Any, final
+from typing import Any, Callable, TypeVar, final, overload
 
 from anyio import BrokenResourceError, LockStatistics, TaskInfo, WouldBlock
 
@@ -22,6 +23,8 @@ from ._exceptions import DeadlockError
 from ._queue import GONE, WAITING, Waiter, WaitQueue, new_waiter
 
 __all__ = ["RWLock", "RWLockStatistics", "ReadLock", "UpgradableLock", "WriteLock"]
+
+T = TypeVar("T")
 
 READ, WRITE, UPGRADABLE, UPGRADE = 0, 1, 2, 3
 _MODE_NAMES = ("read", "write", "upgradable", "upgrade")
@@ -196,6 +199,82 @@ class RWLock:
         Odd while the lock is write-held; re-entrant write levels do not move it.
         """
         return self._version
+
+    # -- optimistic (versioned) reads: the seqlock / StampedLock idea ------------------------
+
+    def optimistic_read(self) -> int:
+        """Return a stamp for an optimistic read; never blocks, never a checkpoint.
+
+        Read the shared state without the lock, then call :meth:`validate` with the stamp: if it
+        returns True, no writer held or took the lock in between, so what was read is a
+        consistent snapshot.  A stamp taken while a writer holds the lock never validates.
+
+        Example::
+
+            stamp = rw.optimistic_read()
+            x, y = point.x, point.y          # may be torn by a writer that awaits mid-update
+            if not rw.validate(stamp):
+                async with rw.reader:        # fall back to the read lock
+                    x, y = point.x, point.y
+
+        .. versionadded:: 0.1
+        """
+        return self._version
+
+    def validate(self, stamp: int) -> bool:
+        """True iff no writer held or took the lock since ``stamp`` was taken.
+
+        ``stamp`` comes from :meth:`optimistic_read` (or :attr:`version`).  Never blocks, never
+        a checkpoint.
+
+        .. versionadded:: 0.1
+        """
+        return stamp == self._version and not stamp & 1
+
+    @overload
+    async def read_optimistic(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T: ...
+    @overload
+    async def read_optimistic(self, fn: Callable[..., T], *args: Any) -> T: ...
+    async def read_optimistic(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` without the lock; if a writer interfered, run it again under it.
+
+        ``fn`` may be a plain function or a coroutine function; it should only read.  The first
+        run takes no lock: if :meth:`validate` then confirms that no writer held or took the
+        lock meanwhile, its result is returned.  Otherwise ``fn`` runs once more holding the
+        read lock, so a stream of writers can never starve it (no retry loop, no livelock).
+        An exception raised by ``fn`` in a run that fails validation is discarded (it may come
+        from torn data) and ``fn`` is run again under the read lock; an exception from a
+        validated run propagates.  Cancellation always propagates; nothing is held afterwards.
+
+        It beats ``async with rw.reader`` when writes are rare and ``fn`` is short: no lock
+        traffic, and it does not queue behind a writer that holds the lock across an ``await``
+        unless it has to.  It loses when writes are frequent (two runs instead of one) or when
+        ``fn`` has side effects that must not happen twice.
+
+        The optimistic run is not a checkpoint unless ``fn`` awaits.
+
+        Returns:
+            the validated result of ``fn``.
+
+        .. versionadded:: 0.1
+        """
+        stamp = self._version
+        if not stamp & 1:
+            try:
+                result = fn(*args)
+                if isawaitable(result):
+                    result = await result
+            except Exception:
+                if stamp == self._version:
+                    raise  # validated: the data was consistent, so the error is real
+            else:
+                if stamp == self._version:
+                    return result
+        async with self.reader:
+            result = fn(*args)
+            if isawaitable(result):
+                result = await result
+            return result
 
     def __repr__(self) -> str:
         name = name_of(self)
@@ -904,6 +983,44 @@ class WriteLock(_View):
         """
         rw = self._rw
         rw._downgrade(rw._me())
+
+    async def acquire_if_unchanged(self, stamp: int) -> bool:
+        """Take the write lock only if no write happened since ``stamp``.
+
+        The compare-and-set of async read-modify-write code: read optimistically (or under the
+        read lock, then release it), ``await`` whatever you need, then commit only if nothing
+        changed meanwhile::
+
+            stamp = rw.optimistic_read()
+            new = await compute(cache.value)          # no lock held across the await
+            if await rw.writer.acquire_if_unchanged(stamp):
+                try:
+                    cache.value = new
+                finally:
+                    rw.writer.release()
+            else:
+                ...                                   # somebody wrote: start over
+
+        Returns False at once, holding nothing, if the lock was written since ``stamp``, is
+        write-held now (also by the caller: its own writes count), or a writer is already
+        queued (it would write first).  Otherwise waits for the write lock like
+        :meth:`acquire` and returns True holding it, unless another writer got it first (then
+        it releases it and returns False).  Cancelled while waiting, it holds nothing.
+
+        Raises:
+            DeadlockError: the caller holds a read lock (read -> write upgrade).
+
+        .. versionadded:: 0.1
+        """
+        rw = self._rw
+        s = rw._s
+        if stamp != rw._version or stamp & 1 or (s is not None and s.qwriters):
+            return False
+        await self.acquire()
+        if rw._version == stamp + 1:  # ours is the only write acquisition since the stamp
+            return True
+        self.release()
+        return False
 
     def locked(self) -> bool:
         """True if some task holds the write lock."""
