@@ -1002,10 +1002,11 @@ class WriteLock(_View):
                 ...                                   # somebody wrote: start over
 
         Returns False at once, holding nothing, if the lock was written since ``stamp``, is
-        write-held now (also by the caller: its own writes count), or a writer is already
-        queued (it would write first).  Otherwise waits for the write lock like
-        :meth:`acquire` and returns True holding it, unless another writer got it first (then
-        it releases it and returns False).  Cancelled while waiting, it holds nothing.
+        write-held now (also by the caller: its own writes count), or a writer or an
+        ``upgrade()`` is already queued (it would write first).  Otherwise waits for the write
+        lock like :meth:`acquire` and returns True holding it, unless another writer got it
+        first (then it releases it and returns False).  Cancelled while waiting, it holds
+        nothing.
 
         Raises:
             DeadlockError: the caller holds a read lock (read -> write upgrade).
@@ -1014,8 +1015,10 @@ class WriteLock(_View):
         """
         rw = self._rw
         s = rw._s
-        if stamp != rw._version or stamp & 1 or (s is not None and s.qwriters):
+        if stamp != rw._version or stamp & 1:
             return False
+        if s is not None and (s.qwriters or s.upgrading is not None):
+            return False  # a queued writer (or a pending upgrade) will write first
         await self.acquire()
         if rw._version == stamp + 1:  # ours is the only write acquisition since the stamp
             return True
