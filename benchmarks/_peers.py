@@ -56,6 +56,11 @@ COND = "aiolocks.Condition()"
 COND_FAST = "aiolocks.Condition(Lock(fast_acquire=True))"
 COND_RW_WRITER = "aiolocks.Condition(RWLock().writer)"
 
+# Optimistic (versioned) reads: the candidate is a whole RWLock, used without its lock views.
+OPT_STAMP = "rw.optimistic_read() + rw.validate(stamp)"
+OPT_READ = "await RWLock().read_optimistic(fn)"
+OPT_READ_FAST = "await RWLock(fast_acquire=True).read_optimistic(fn)"
+
 FACTORIES: dict[str, Factory] = {
     ASYNCIO_LOCK: asyncio.Lock,
     ANYIO_LOCK: anyio.Lock,
@@ -114,6 +119,17 @@ if HAS_CONDITION:
     if HAS_RWLOCK:
         FACTORIES[COND_RW_WRITER] = lambda: _al.Condition(_al.RWLock().writer)
 
+# Optimistic-read candidates, as makers of the RWLock they read through.
+OPTIMISTIC: dict[str, Factory] = {}
+if HAS_RWLOCK and hasattr(_al.RWLock, "read_optimistic"):
+    OPTIMISTIC.update(
+        {
+            OPT_STAMP: lambda: _al.RWLock(),
+            OPT_READ: lambda: _al.RWLock(),
+            OPT_READ_FAST: lambda: _al.RWLock(fast_acquire=True),
+        }
+    )
+
 # Objects whose idle size is measured: the whole lock, not a view.
 MEMORY_FACTORIES: dict[str, Factory] = {
     ASYNCIO_LOCK: asyncio.Lock,
@@ -141,4 +157,8 @@ MISSING = [
 
 def available(*names: str) -> list[str]:
     """The names among ``names`` that can be measured in this environment."""
-    return [n for n in names if n in FACTORIES or n in RW_FACTORIES or n == BARE_TASKS]
+    return [
+        n
+        for n in names
+        if n in FACTORIES or n in RW_FACTORIES or n in OPTIMISTIC or n == BARE_TASKS
+    ]

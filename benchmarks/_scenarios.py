@@ -596,6 +596,193 @@ async def _memory_in_loop(make: Callable[[], Any], n: int, use: bool) -> float:
     return round((after - mid) / n, 1)
 
 
+# ----------------------------------------------------------------------------- optimistic reads
+
+
+def _trivial() -> int:
+    """The read of the optimistic micro-benchmarks: as cheap as a function can be."""
+    return 1
+
+
+async def _stamp_validate(make_rw: Callable[[], Any], n: int) -> Sample:
+    """Per-op time of ``stamp = rw.optimistic_read(); rw.validate(stamp)``, unrolled ten times.
+
+    It runs inside the event loop, as application code does, though it never awaits.
+    """
+    rw = make_rw()
+    loops = max(1, n // 10)
+    ok = True
+    t0 = perf_counter()
+    for _ in range(loops):
+        stamp = rw.optimistic_read()
+        ok &= rw.validate(stamp)
+        stamp = rw.optimistic_read()
+        ok &= rw.validate(stamp)
+        stamp = rw.optimistic_read()
+        ok &= rw.validate(stamp)
+        stamp = rw.optimistic_read()
+        ok &= rw.validate(stamp)
+        stamp = rw.optimistic_read()
+        ok &= rw.validate(stamp)
+        stamp = rw.optimistic_read()
+        ok &= rw.validate(stamp)
+        stamp = rw.optimistic_read()
+        ok &= rw.validate(stamp)
+        stamp = rw.optimistic_read()
+        ok &= rw.validate(stamp)
+        stamp = rw.optimistic_read()
+        ok &= rw.validate(stamp)
+        stamp = rw.optimistic_read()
+        ok &= rw.validate(stamp)
+    elapsed = perf_counter() - t0
+    if not ok:
+        raise AssertionError("a stamp failed to validate with no writer about")
+    return {"time_per_op": elapsed / (loops * 10)}
+
+
+async def _read_optimistic_loop(make_rw: Callable[[], Any], n: int) -> Sample:
+    """Per-op time of ``await rw.read_optimistic(fn)``, ``fn`` a trivial sync function."""
+    rw = make_rw()
+    fn = _trivial
+    await rw.read_optimistic(fn)
+    loops = max(1, n // 10)
+    t0 = perf_counter()
+    for _ in range(loops):
+        await rw.read_optimistic(fn)
+        await rw.read_optimistic(fn)
+        await rw.read_optimistic(fn)
+        await rw.read_optimistic(fn)
+        await rw.read_optimistic(fn)
+        await rw.read_optimistic(fn)
+        await rw.read_optimistic(fn)
+        await rw.read_optimistic(fn)
+        await rw.read_optimistic(fn)
+        await rw.read_optimistic(fn)
+    return {"time_per_op": (perf_counter() - t0) / (loops * 10)}
+
+
+async def _locked_fn_loop(make: Callable[[], Any], n: int) -> Sample:
+    """Per-op time of ``async with lock: fn()``: the locked counterpart of the loop above."""
+    lock = make()
+    fn = _trivial
+    async with lock:
+        fn()
+    loops = max(1, n // 10)
+    t0 = perf_counter()
+    for _ in range(loops):
+        async with lock:
+            fn()
+        async with lock:
+            fn()
+        async with lock:
+            fn()
+        async with lock:
+            fn()
+        async with lock:
+            fn()
+        async with lock:
+            fn()
+        async with lock:
+            fn()
+        async with lock:
+            fn()
+        async with lock:
+            fn()
+        async with lock:
+            fn()
+    return {"time_per_op": (perf_counter() - t0) / (loops * 10)}
+
+
+# In the read-mostly mix, the locked readers' candidate names are their read views; the
+# workload needs the whole lock (its writer too).
+_MIX_LOCKED = {P.RW_READER: P.RWLOCK, P.RW_READER_FAST: P.RWLOCK_FAST}
+
+
+async def _optimistic_mix(
+    cand: str, on_trio: bool, readers: int, duration: float, pause: float
+) -> Sample:
+    """``readers`` tasks read a pair ``(x, y)`` that one writer keeps equal, yielding once per read.
+
+    The writer updates ``x``, awaits once still holding the write lock (so readers see a torn
+    pair meanwhile), updates ``y``, releases, then pauses. Readers use ``read_optimistic`` or
+    ``async with rw.reader``, by candidate; every result they get must be consistent (x == y).
+    """
+    if on_trio:
+        yield_: Callable[[], Any] = trio.lowlevel.checkpoint
+        sleep: Callable[[float], Any] = trio.sleep
+    else:
+        yield_ = _asyncio_yield
+        sleep = asyncio.sleep
+    optimistic = cand in P.OPTIMISTIC
+    if optimistic:
+        rw = P.OPTIMISTIC[cand]()
+        rlock, wlock = rw.reader, rw.writer
+    else:
+        rw = None
+        rlock, wlock = P.RW_FACTORIES[_MIX_LOCKED[cand]]()
+    xy = [0, 0]
+    deadline = 0.0
+    r_ops = w_ops = behind = 0
+    worst_r = 0.0
+
+    def read() -> tuple[int, int]:
+        return xy[0], xy[1]
+
+    async def reader() -> None:
+        nonlocal r_ops, worst_r, behind
+        while True:
+            t = perf_counter()
+            if t >= deadline:
+                return
+            if wlock.locked():
+                behind += 1  # must wait for the writer either way (read_optimistic: locked run)
+            if rw is not None:
+                x, y = await rw.read_optimistic(read)
+            else:
+                async with rlock:
+                    x, y = read()
+            waited = perf_counter() - t
+            if x != y:
+                raise AssertionError(f"a reader got a torn pair {(x, y)}")
+            r_ops += 1
+            if waited > worst_r:
+                worst_r = waited
+            await yield_()
+
+    async def writer() -> None:
+        nonlocal w_ops
+        while perf_counter() < deadline:
+            async with wlock:
+                xy[0] += 1
+                await yield_()  # mid-update, holding the write lock
+                xy[1] += 1
+            w_ops += 1
+            await sleep(pause)
+
+    t0 = perf_counter()
+    deadline = t0 + duration
+    if on_trio:
+        async with trio.open_nursery() as nursery:
+            for _ in range(readers):
+                nursery.start_soon(reader)
+            nursery.start_soon(writer)
+    else:
+        ts = [asyncio.create_task(reader()) for _ in range(readers)]
+        ts.append(asyncio.create_task(writer()))
+        await asyncio.gather(*ts)
+    elapsed = perf_counter() - t0
+    return {
+        "throughput": r_ops / elapsed,
+        "writer_ops": float(w_ops),
+        "reads_during_write": float(behind),
+        "worst_reader_wait": worst_r,
+    }
+
+
+async def _asyncio_yield() -> None:
+    await asyncio.sleep(0)
+
+
 # ----------------------------------------------------------------------------- scenarios
 
 
@@ -970,6 +1157,176 @@ def memory(col: Collector, cfg: Config) -> None:
             )
 
 
+def _extra_ratio(
+    col: Collector,
+    series: dict[str, dict[str, list[float]]],
+    *,
+    name: str,
+    backend: str,
+    candidate: str,
+    reference: str,
+    metric: str,
+    unit: str,
+    note: str,
+    stat: str,
+) -> None:
+    """One more info row comparing two candidates of a ``compare()`` run with each other."""
+    xs = series.get(candidate, {}).get(metric)
+    ref = series.get(reference, {}).get(metric)
+    if not xs or not ref:
+        return
+    agg = min if stat == "min" else median
+    col.checks.append(
+        Check(
+            name,
+            backend,
+            candidate,
+            metric,
+            agg(xs),
+            unit,
+            reference=reference,
+            reference_value=agg(ref),
+            ratio=_ratio(xs, ref, stat),
+            note=note,
+        )
+    )
+
+
+def optimistic(col: Collector, cfg: Config) -> None:
+    """Optimistic (versioned) reads against lock cycles, uncontended and in a read-mostly mix."""
+    n = cfg.pick(10_000, 1_000)
+    reps = cfg.pick(21, 4)
+    micro = {"time_per_op": "s"}
+
+    name = "optimistic_read() + validate(), uncontended"
+    note = "vs one uncontended `async with lock: pass` cycle"
+    for backend in ("asyncio", "uvloop", "trio"):
+        on_trio = backend == "trio"
+        compare(
+            col,
+            name=name,
+            backend=backend,
+            reference=P.TRIO_LOCK if on_trio else P.ASYNCIO_LOCK,
+            targets=[] if on_trio else [(P.OPT_STAMP, "<=", 0.5)],
+            extras=[P.OPT_STAMP] if on_trio else [],
+            reps=reps,
+            sample=lambda c, b=backend: run_on(
+                b,
+                *(
+                    (_stamp_validate, P.OPTIMISTIC[c])
+                    if c == P.OPT_STAMP
+                    else (_uncontended, P.FACTORIES[c])
+                ),
+                n,
+            ),
+            metrics=micro,
+            checked="time_per_op",
+            stat="min",
+            note=note,
+        )
+
+    name = "read_optimistic(fn), uncontended"
+    note = "fn a trivial sync function; locks run `async with lock: fn()`"
+    for backend in ("asyncio", "trio"):
+        on_trio = backend == "trio"
+        reference = P.TRIO_LOCK if on_trio else P.ASYNCIO_LOCK
+        series = compare(
+            col,
+            name=name,
+            backend=backend,
+            reference=reference,
+            targets=[],
+            extras=[P.OPT_READ, P.RW_READER, P.RW_READER_FAST],
+            reps=reps,
+            sample=lambda c, b=backend: run_on(
+                b,
+                *(
+                    (_read_optimistic_loop, P.OPTIMISTIC[c])
+                    if c in P.OPTIMISTIC
+                    else (_locked_fn_loop, P.FACTORIES[c])
+                ),
+                n,
+            ),
+            metrics=micro,
+            checked="time_per_op",
+            stat="min",
+            note=note,
+        )
+        for ref in (P.RW_READER, P.RW_READER_FAST):
+            _extra_ratio(
+                col,
+                series,
+                name=name,
+                backend=backend,
+                candidate=P.OPT_READ,
+                reference=ref,
+                metric="time_per_op",
+                unit="s",
+                note=f"{note}; min of {reps} runs, ratio of minima",
+                stat="min",
+            )
+
+    readers = 100
+    duration = cfg.pick(1.0, 0.2)
+    pause = 0.001
+    mix_reps = cfg.pick(3, 1)
+    name = f"optimistic read-mostly mix, {readers} readers + 1 writer"
+    note = (
+        f"throughput = reader ops/s; {duration:g} s runs; the writer awaits once mid-update "
+        f"holding the lock, then pauses {pause * 1e3:g} ms"
+    )
+    for backend in ("asyncio", "trio"):
+        on_trio = backend == "trio"
+        series = compare(
+            col,
+            name=name,
+            backend=backend,
+            reference=P.RW_READER,
+            targets=[],
+            extras=[P.OPT_READ, P.RW_READER_FAST, P.OPT_READ_FAST],
+            reps=mix_reps,
+            sample=lambda c, t=on_trio: run_on(
+                "trio" if t else "asyncio", _optimistic_mix, c, t, readers, duration, pause
+            ),
+            metrics={
+                "throughput": "ops/s",
+                "writer_ops": "ops",
+                "reads_during_write": "ops",
+                "worst_reader_wait": "s",
+            },
+            checked="throughput",
+            note=note,
+        )
+        _extra_ratio(
+            col,
+            series,
+            name=name,
+            backend=backend,
+            candidate=P.OPT_READ_FAST,
+            reference=P.RW_READER_FAST,
+            metric="throughput",
+            unit="ops/s",
+            note=f"{note}; median of {mix_reps} runs",
+            stat="median",
+        )
+        for cand in (P.OPT_READ, P.OPT_READ_FAST, P.RW_READER, P.RW_READER_FAST):
+            for metric, unit in (
+                ("reads_during_write", "ops"),
+                ("writer_ops", "ops"),
+                ("worst_reader_wait", "s"),
+            ):
+                absolute_check(
+                    col,
+                    series,
+                    name=name,
+                    backend=backend,
+                    candidate=cand,
+                    metric=metric,
+                    unit=unit,
+                    note="reads_during_write = reads begun while the writer held the lock",
+                )
+
+
 SCENARIOS: list[tuple[str, Callable[[Collector, Config], None]]] = [
     ("uncontended_fast", uncontended_fast),
     ("uncontended_default", uncontended_default),
@@ -979,4 +1336,5 @@ SCENARIOS: list[tuple[str, Callable[[Collector, Config], None]]] = [
     ("cancel_queued", cancel_queued),
     ("condition", condition),
     ("memory", memory),
+    ("optimistic", optimistic),
 ]

@@ -960,3 +960,20 @@ async def test_read_modify_write_loop_with_acquire_if_unchanged_loses_no_update(
                 tg.start_soon(increment, random.Random(rng.random()))
     assert box["n"] == 60
     assert_idle(rw)
+
+
+async def test_acquire_if_unchanged_by_a_reader_raises_deadlock_whatever_the_stamp() -> None:
+    rw = RWLock()
+    stale = rw.optimistic_read()
+    async with rw.writer:
+        pass
+    with anyio.fail_after(5):
+        async with rw.reader:
+            for stamp in (stale, rw.optimistic_read()):  # out of date, then current
+                with pytest.raises(DeadlockError):
+                    await rw.writer.acquire_if_unchanged(stamp)
+        async with rw.upgradable:
+            with pytest.raises(DeadlockError):
+                await rw.writer.acquire_if_unchanged(stale)
+    rw._check_invariants()
+    assert rw.statistics().readers == 0

@@ -1009,12 +1009,20 @@ class WriteLock(_View):
         nothing.
 
         Raises:
-            DeadlockError: the caller holds a read lock (read -> write upgrade).
+            DeadlockError: the caller holds a read lock or the upgradable lock (whatever the
+                stamp: the request itself could never be granted).
 
         .. versionadded:: 0.1
         """
         rw = self._rw
         s = rw._s
+        if rw._readers or s is not None:
+            task = rw._me()
+            readers = rw._readers
+            if rw._writer is not task and (
+                (readers and task in readers) or (s is not None and s.upg is task)
+            ):
+                rw._try_write(task)  # raises the DeadlockError that explains it
         if stamp != rw._version or stamp & 1:
             return False
         if s is not None and (s.qwriters or s.upgrading is not None):
