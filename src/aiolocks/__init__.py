@@ -7,20 +7,28 @@ from __future__ import annotations
 
 from anyio import LockStatistics
 
+from ._collection import CollectionGuard, LockCollection
 from ._condition import Condition, ConditionStatistics
 from ._exceptions import DeadlockError, TaskKeyError
+from ._keyed import KeyedLock, KeyedRWLock
+from ._keys import TaskKey
 from ._lock import Lock
 from ._rwlock import ReadLock, RWLock, RWLockStatistics, UpgradableLock, WriteLock
 
 __all__ = [
+    "CollectionGuard",
     "Condition",
     "ConditionStatistics",
     "DeadlockError",
+    "KeyedLock",
+    "KeyedRWLock",
     "Lock",
+    "LockCollection",
     "LockStatistics",
     "RWLock",
     "RWLockStatistics",
     "ReadLock",
+    "TaskKey",
     "TaskKeyError",
     "UpgradableLock",
     "WriteLock",

@@ -32,6 +32,7 @@ __all__ = [
     "TRIO",
     "Bindable",
     "asyncio_schedule_point",
+    "current_task",
     "resolve_task",
     "task_info",
     "task_name",
@@ -136,6 +137,22 @@ def resolve_task(prim: Bindable) -> Any:
                 prim._loop = TRIO
             return task
     raise RuntimeError(f"{prim!r} must be used from a running asyncio or trio task")
+
+
+def current_task() -> Any:
+    """The running asyncio or trio task, found the official way (not on any hot path)."""
+    loop = asyncio._get_running_loop()
+    if loop is not None:
+        task = asyncio.current_task(loop)
+        if task is not None:
+            return task
+    trio = sys.modules.get("trio")
+    if trio is not None:
+        try:
+            return trio.lowlevel.current_task()
+        except RuntimeError:
+            pass
+    raise RuntimeError("aiolocks: this must be called from a running asyncio or trio task")
 
 
 class _Ready:
