@@ -34,6 +34,14 @@ class _Member:
     __slots__ = ("acquire", "acquire_nowait", "ident", "lock", "release", "shared")
 
     def __init__(self, lock: Any) -> None:
+        if not callable(getattr(lock, "acquire", None)) or not callable(
+            getattr(lock, "release", None)
+        ):
+            raise TypeError(
+                "LockCollection members must be aiolocks.Lock, rw.reader, rw.writer, or an "
+                f"anyio, trio or asyncio Lock, not {type(lock).__module__}."
+                f"{type(lock).__qualname__}"
+            )
         self.lock = lock
         self.ident: Any = lock  # the underlying lock: what the order and duplicates go by
         self.shared = False

@@ -1,46 +1,147 @@
-"""``aiolocks.KeyedRWLock`` and ``KeyedLock``: one lock per hashable key, made on first use."""
+"""``aiolocks.KeyedRWLock`` and ``KeyedLock``: one lock per hashable key, made on first use.
+
+An entry must live while any task holds it, waits for it or refers to it, and no longer.
+References and waits keep a lock alive by themselves (the table is weak); a *hold* does not (a
+task that called ``acquire()`` keeps no reference), so the locks a table makes pin themselves
+into the table's ``_pinned`` dict whenever they are acquired, and the table unpins the ones that
+have become idle when it sweeps (amortised, on access).  Locks made elsewhere pay nothing for
+this: only the table's locks use the pinning classes.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator
-from typing import Callable, Generic, TypeVar, final
+from collections.abc import Awaitable, Hashable, Iterator
+from typing import Any, Callable, Generic, TypeVar, final
 from weakref import WeakValueDictionary
 
 from ._common import check_flag
 from ._lock import Lock
-from ._rwlock import RWLock
+from ._rwlock import ReadLock, RWLock, UpgradableLock, WriteLock
 
 __all__ = ["KeyedLock", "KeyedRWLock"]
 
 L = TypeVar("L", Lock, RWLock)
 
 
+class _PinnedLock(Lock):  # type: ignore[misc]
+    """A Lock that pins itself into its table whenever it is acquired."""
+
+    __slots__ = ("_pins",)
+
+    _pins: dict[int, Any]
+
+    def __aenter__(self) -> Awaitable[None]:
+        self._pins[id(self)] = self
+        return Lock.__aenter__(self)
+
+    def acquire_nowait(self) -> None:
+        self._pins[id(self)] = self
+        Lock.acquire_nowait(self)
+
+
+class _PinnedRead(ReadLock):  # type: ignore[misc]
+    __slots__ = ("_pins",)
+
+    _pins: dict[int, Any]
+
+    def __aenter__(self) -> Awaitable[None]:
+        self._pins[id(self._rw)] = self._rw
+        return ReadLock.__aenter__(self)
+
+    def acquire_nowait(self) -> None:
+        self._pins[id(self._rw)] = self._rw
+        ReadLock.acquire_nowait(self)
+
+
+class _PinnedWrite(WriteLock):  # type: ignore[misc]
+    __slots__ = ("_pins",)
+
+    _pins: dict[int, Any]
+
+    def __aenter__(self) -> Awaitable[None]:
+        self._pins[id(self._rw)] = self._rw
+        return WriteLock.__aenter__(self)
+
+    def acquire_nowait(self) -> None:
+        self._pins[id(self._rw)] = self._rw
+        WriteLock.acquire_nowait(self)
+
+
+class _PinnedUpgradable(UpgradableLock):  # type: ignore[misc]
+    __slots__ = ("_pins",)
+
+    _pins: dict[int, Any]
+
+    def __aenter__(self) -> Awaitable[None]:
+        self._pins[id(self._rw)] = self._rw
+        return UpgradableLock.__aenter__(self)
+
+    def acquire_nowait(self) -> None:
+        self._pins[id(self._rw)] = self._rw
+        UpgradableLock.acquire_nowait(self)
+
+
 class _Keyed(Generic[L]):
-    """A table of locks by key that holds each only while something refers to it."""
+    """A table of locks by key that holds each only while it is held, waited for or referred to."""
 
-    __slots__ = ("__weakref__", "_make", "_table")
+    __slots__ = ("__weakref__", "_make", "_pinned", "_swept", "_table")
 
-    def __init__(self, make: Callable[[], L]) -> None:
-        self._make: Callable[[], L] = make
+    def __init__(self, make: Callable[[dict[int, Any]], L]) -> None:
+        self._make: Callable[[dict[int, Any]], L] = make
         self._table: WeakValueDictionary[Hashable, L] = WeakValueDictionary()
+        self._pinned: dict[int, Any] = {}  # id -> lock, for locks acquired since the last sweep
+        self._swept = 0  # how many stayed pinned after the last sweep
 
     def __getitem__(self, key: Hashable) -> L:
+        if len(self._pinned) > 2 * self._swept + 16:
+            self._sweep()
         lock = self._table.get(key)
         if lock is None:
-            lock = self._table[key] = self._make()
+            lock = self._table[key] = self._make(self._pinned)
         return lock
 
+    def _sweep(self) -> None:
+        pinned = self._pinned
+        for ident, lock in list(pinned.items()):
+            if not lock._in_use():
+                del pinned[ident]  # idle: from now on only references keep it alive
+        self._swept = len(pinned)
+
     def __contains__(self, key: object) -> bool:
+        self._sweep()
         return key in self._table
 
     def __len__(self) -> int:
+        self._sweep()
         return len(self._table)
 
     def __iter__(self) -> Iterator[Hashable]:
+        self._sweep()
         return iter(list(self._table.keys()))
 
     def __repr__(self) -> str:
         return f"<aiolocks.{type(self).__name__} with {len(self._table)} live key(s)>"
+
+
+def _make_rwlock(fast: bool) -> Callable[[dict[int, Any]], RWLock]:
+    def make(pins: dict[int, Any]) -> RWLock:
+        rw = RWLock(fast_acquire=fast)
+        for slot, cls in (("_rv", _PinnedRead), ("_wv", _PinnedWrite), ("_uv", _PinnedUpgradable)):
+            view = cls(rw)
+            view._pins = pins
+            setattr(rw, slot, view)
+        return rw
+
+    return make
+
+
+def _make_lock(fast: bool) -> Callable[[dict[int, Any]], Lock]:
+    def make(pins: dict[int, Any]) -> Lock:
+        lock = _PinnedLock(fast_acquire=fast)
+        lock._pins = pins
+        return lock
+
+    return make
 
 
 @final
@@ -50,9 +151,10 @@ class KeyedRWLock(_Keyed[RWLock]):
     ``table[key]`` returns the lock for ``key``: the same object for as long as any task holds
     it, waits for it or refers to it; once nothing does, the entry goes away, so a table used
     with millions of distinct keys over time holds memory only for the keys in use.  (A lock
-    and its views refer to each other, so once a lock has been used the garbage collector,
-    rather than reference counting, frees it.)  The per-user / per-resource lock web handlers
-    need, and the way to split one coarse lock into many::
+    and its views refer to each other, so once a lock is unused the garbage collector, rather
+    than reference counting, frees it; ``len(table)`` counts the live entries.)  This is the
+    per-user / per-resource lock web handlers need, and the way to split one coarse lock into
+    many::
 
         accounts = KeyedRWLock()
 
@@ -63,14 +165,16 @@ class KeyedRWLock(_Keyed[RWLock]):
     Args:
         fast_acquire: passed to every :class:`RWLock` the table makes.
 
+    Raises:
+        TypeError: (on ``table[key]``) the key is not hashable.
+
     .. versionadded:: 0.1
     """
 
     __slots__ = ()
 
     def __init__(self, *, fast_acquire: bool = False) -> None:
-        fast = check_flag(fast_acquire, "fast_acquire")
-        super().__init__(lambda: RWLock(fast_acquire=fast))
+        super().__init__(_make_rwlock(check_flag(fast_acquire, "fast_acquire")))
 
 
 @final
@@ -83,5 +187,4 @@ class KeyedLock(_Keyed[Lock]):
     __slots__ = ()
 
     def __init__(self, *, fast_acquire: bool = False) -> None:
-        fast = check_flag(fast_acquire, "fast_acquire")
-        super().__init__(lambda: Lock(fast_acquire=fast))
+        super().__init__(_make_lock(check_flag(fast_acquire, "fast_acquire")))
