@@ -61,6 +61,13 @@ OPT_STAMP = "rw.optimistic_read() + rw.validate(stamp)"
 OPT_READ = "await RWLock().read_optimistic(fn)"
 OPT_READ_FAST = "await RWLock(fast_acquire=True).read_optimistic(fn)"
 
+# Lock collections: the candidate makes a collection over the locks it is given.
+COLL_ORDERED = 'LockCollection(..., strategy="ordered")'
+COLL_RETRY = 'LockCollection(..., strategy="retry")'
+COLL_ORDERED_BUILT = 'LockCollection(a, b) made per op, "ordered"'
+COLL_NOWAIT = "with LockCollection(a, b).lock_nowait(key)"
+NESTED_2 = "async with a, b: (nested, no collection)"
+
 FACTORIES: dict[str, Factory] = {
     ASYNCIO_LOCK: asyncio.Lock,
     ANYIO_LOCK: anyio.Lock,
@@ -144,12 +151,29 @@ if HAS_RWLOCK:
     MEMORY_FACTORIES[RWLOCK] = lambda: _al.RWLock()
     MEMORY_FACTORIES[RWLOCK_FAST] = lambda: _al.RWLock(fast_acquire=True)
 
+# Collection candidates, as makers of a collection over the given locks; NESTED_2 (no
+# collection: the two locks taken one inside the other) is always measurable.
+COLLECTIONS: dict[str, Callable[..., Any]] = {}
+HAS_COLLECTION = hasattr(_al, "LockCollection") and hasattr(_al, "TaskKey")
+HAS_KEYED = hasattr(_al, "KeyedRWLock")
+if HAS_COLLECTION:
+    COLLECTIONS.update(
+        {
+            COLL_ORDERED: lambda *locks: _al.LockCollection(*locks, strategy="ordered"),
+            COLL_RETRY: lambda *locks: _al.LockCollection(*locks, strategy="retry"),
+            COLL_ORDERED_BUILT: lambda *locks: _al.LockCollection(*locks, strategy="ordered"),
+            COLL_NOWAIT: lambda *locks: _al.LockCollection(*locks, strategy="ordered"),
+        }
+    )
+
 MISSING = [
     n
     for n, ok in (
         ("aiolocks.Lock", HAS_LOCK),
         ("aiolocks.RWLock", HAS_RWLOCK),
         ("aiolocks.Condition", HAS_CONDITION),
+        ("aiolocks.LockCollection", HAS_COLLECTION),
+        ("aiolocks.KeyedRWLock", HAS_KEYED),
     )
     if not ok
 ]
@@ -160,5 +184,9 @@ def available(*names: str) -> list[str]:
     return [
         n
         for n in names
-        if n in FACTORIES or n in RW_FACTORIES or n in OPTIMISTIC or n == BARE_TASKS
+        if n in FACTORIES
+        or n in RW_FACTORIES
+        or n in OPTIMISTIC
+        or n in COLLECTIONS
+        or n in (BARE_TASKS, NESTED_2)
     ]

@@ -783,6 +783,157 @@ async def _asyncio_yield() -> None:
     await asyncio.sleep(0)
 
 
+# ----------------------------------------------------------------------------- lock collections
+
+
+def _account_table() -> Any:
+    """Per-account locks: a ``KeyedRWLock`` (a dict of ``RWLock`` while it is missing)."""
+    if P.HAS_KEYED:
+        return P.aiolocks.KeyedRWLock()
+    return collections.defaultdict(P.aiolocks.RWLock)
+
+
+def _transfer_plans(
+    tasks: int, accounts: int, n: int, hot: bool, seed: int
+) -> list[list[tuple[int, int]]]:
+    """``n`` (from, to) account pairs per task, the same for every candidate of a repetition.
+
+    ``hot``: every transfer involves account 0, as source or destination at random.
+    """
+    rng = random.Random(seed)
+    plans = []
+    for _ in range(tasks):
+        plan = []
+        for _ in range(n):
+            if hot:
+                a, b = 0, rng.randrange(1, accounts)
+                if rng.random() < 0.5:
+                    a, b = b, a
+            else:
+                a, b = rng.sample(range(accounts), 2)
+            plan.append((a, b))
+        plans.append(plan)
+    return plans
+
+
+async def _transfers(
+    cand: str, on_trio: bool, plans: list[list[tuple[int, int]]], accounts: int
+) -> Sample:
+    """Every task runs its plan of transfers, each under ``LockCollection(src.writer,
+    dst.writer).lock(key)`` holding both account locks across one yield (the awaited write of a
+    real transfer). Checks that no two transfers ever overlap on an account and that money is
+    conserved.
+    """
+    yield_: Callable[[], Any] = trio.lowlevel.checkpoint if on_trio else _asyncio_yield
+    make = P.COLLECTIONS[cand]
+    task_key = P.aiolocks.TaskKey
+    table = _account_table()
+    balance = [0] * accounts
+    busy = [False] * accounts
+    start = anyio.Event()
+    worst = 0.0
+
+    async def worker(plan: list[tuple[int, int]]) -> None:
+        nonlocal worst
+        key = task_key.get()
+        await start.wait()
+        for a, b in plan:
+            coll = make(table[a].writer, table[b].writer)
+            t = perf_counter()
+            async with coll.lock(key):
+                waited = perf_counter() - t
+                if busy[a] or busy[b]:
+                    raise AssertionError(f"two transfers hold account {a} or {b} at once")
+                busy[a] = busy[b] = True
+                balance[a] -= 1
+                await yield_()
+                balance[b] += 1
+                busy[a] = busy[b] = False
+            if waited > worst:
+                worst = waited
+
+    async with anyio.create_task_group() as tg:
+        for plan in plans:
+            tg.start_soon(worker, plan)
+        await anyio.wait_all_tasks_blocked()
+        t0 = perf_counter()
+        start.set()
+    elapsed = perf_counter() - t0
+    if sum(balance) != 0:
+        raise AssertionError(f"money not conserved: {sum(balance)}")
+    ops = sum(len(plan) for plan in plans)
+    return {"throughput": ops / elapsed, "worst_writer_wait": worst}
+
+
+async def _pair_uncontended(cand: str, n: int) -> Sample:
+    """Per-op time of taking and releasing two idle ``aiolocks.Lock()``s, by candidate:
+    nested ``async with``, a prepared collection's ``lock(key)``, a collection made per op, or
+    a prepared collection's ``lock_nowait(key)`` under a plain ``with``. Unrolled five times.
+    """
+    a, b = P.aiolocks.Lock(), P.aiolocks.Lock()
+    loops = max(1, n // 5)
+    if cand == P.NESTED_2:
+        t0 = perf_counter()
+        for _ in range(loops):
+            async with a, b:
+                pass
+            async with a, b:
+                pass
+            async with a, b:
+                pass
+            async with a, b:
+                pass
+            async with a, b:
+                pass
+        return {"time_per_op": (perf_counter() - t0) / (loops * 5)}
+    make = P.COLLECTIONS[cand]
+    key = P.aiolocks.TaskKey.get()
+    if cand == P.COLL_ORDERED_BUILT:
+        t0 = perf_counter()
+        for _ in range(loops):
+            async with make(a, b).lock(key):
+                pass
+            async with make(a, b).lock(key):
+                pass
+            async with make(a, b).lock(key):
+                pass
+            async with make(a, b).lock(key):
+                pass
+            async with make(a, b).lock(key):
+                pass
+        return {"time_per_op": (perf_counter() - t0) / (loops * 5)}
+    coll = make(a, b)
+    if cand == P.COLL_NOWAIT:
+        t0 = perf_counter()
+        for _ in range(loops):
+            with coll.lock_nowait(key):
+                pass
+            with coll.lock_nowait(key):
+                pass
+            with coll.lock_nowait(key):
+                pass
+            with coll.lock_nowait(key):
+                pass
+            with coll.lock_nowait(key):
+                pass
+        return {"time_per_op": (perf_counter() - t0) / (loops * 5)}
+    async with coll.lock(key):
+        pass
+    t0 = perf_counter()
+    for _ in range(loops):
+        async with coll.lock(key):
+            pass
+        async with coll.lock(key):
+            pass
+        async with coll.lock(key):
+            pass
+        async with coll.lock(key):
+            pass
+        async with coll.lock(key):
+            pass
+    return {"time_per_op": (perf_counter() - t0) / (loops * 5)}
+
+
 # ----------------------------------------------------------------------------- scenarios
 
 
@@ -1327,6 +1478,86 @@ def optimistic(col: Collector, cfg: Config) -> None:
                 )
 
 
+def collection(col: Collector, cfg: Config) -> None:
+    """LockCollection's two strategies side by side (info rows: there is no target)."""
+    if not P.HAS_COLLECTION:
+        print("  lock collections: aiolocks.LockCollection missing, skipped", flush=True)
+        return
+    tasks = 50
+    n = cfg.pick(40, 20)
+    reps = cfg.pick(5, 2)
+    for label, accounts, hot in (
+        ("low contention, 1000 accounts", 1_000, False),
+        ("medium contention, 64 accounts", 64, False),
+        ("high contention, 4 accounts", 4, False),
+        ("hot spot, 1000 accounts, every transfer involves account 0", 1_000, True),
+    ):
+        name = f"collection transfers, {tasks} tasks: {label}"
+        note = (
+            f"throughput = transfers/s; {n} transfers per task, each holding both account "
+            "writers (KeyedRWLock) across one yield; ratio retry/ordered"
+        )
+        for backend in ("asyncio", "trio"):
+            on_trio = backend == "trio"
+            taken: collections.Counter[str] = collections.Counter()
+
+            def sample(
+                c: str,
+                b: str = backend,
+                t: bool = on_trio,
+                m: int = accounts,
+                h: bool = hot,
+                seen: collections.Counter[str] = taken,
+            ) -> Sample:
+                # The k-th sample of every candidate runs the same plan (seeded by k).
+                k = seen[c]
+                seen[c] += 1
+                return run_on(b, _transfers, c, t, _transfer_plans(tasks, m, n, h, k), m)
+
+            series = compare(
+                col,
+                name=name,
+                backend=backend,
+                reference=P.COLL_ORDERED,
+                targets=[],
+                extras=[P.COLL_RETRY],
+                reps=reps,
+                sample=sample,
+                metrics={"throughput": "ops/s", "worst_writer_wait": "s"},
+                checked="throughput",
+                note=note,
+            )
+            for cand in (P.COLL_ORDERED, P.COLL_RETRY):
+                absolute_check(
+                    col,
+                    series,
+                    name=name,
+                    backend=backend,
+                    candidate=cand,
+                    metric="worst_writer_wait",
+                    unit="s",
+                    note="worst = median over runs of each run's longest wait for both locks",
+                )
+
+    name = "collection of 2 idle Lock()s vs nested async with"
+    note = "per lock()+release of both; ratio to nested `async with a: async with b:`"
+    for backend in ("asyncio", "trio"):
+        compare(
+            col,
+            name=name,
+            backend=backend,
+            reference=P.NESTED_2,
+            targets=[],
+            extras=[P.COLL_ORDERED, P.COLL_RETRY, P.COLL_ORDERED_BUILT, P.COLL_NOWAIT],
+            reps=cfg.pick(15, 4),
+            sample=lambda c, b=backend: run_on(b, _pair_uncontended, c, cfg.pick(2_000, 500)),
+            metrics={"time_per_op": "s"},
+            checked="time_per_op",
+            stat="min",
+            note=note,
+        )
+
+
 SCENARIOS: list[tuple[str, Callable[[Collector, Config], None]]] = [
     ("uncontended_fast", uncontended_fast),
     ("uncontended_default", uncontended_default),
@@ -1337,4 +1568,5 @@ SCENARIOS: list[tuple[str, Callable[[Collector, Config], None]]] = [
     ("condition", condition),
     ("memory", memory),
     ("optimistic", optimistic),
+    ("collection", collection),
 ]

@@ -3,8 +3,9 @@
 An entry must live while any task holds it, waits for it or refers to it, and no longer.
 References and waits keep a lock alive by themselves (the table is weak); a *hold* does not (a
 task that called ``acquire()`` keeps no reference), so the locks a table makes pin themselves
-into the table's ``_pinned`` dict whenever they are acquired, and the table unpins the ones that
-have become idle when it sweeps (amortised, on access).  Locks made elsewhere pay nothing for
+into the table's ``_pinned`` dict whenever they are acquired and unpin themselves when a release
+leaves them idle; the table also sweeps out pins of locks that became idle another way (a
+cancelled acquire), amortised, on access.  Locks made elsewhere pay nothing for
 this: only the table's locks use the pinning classes.
 """
 
@@ -14,6 +15,7 @@ from collections.abc import Awaitable, Hashable, Iterator
 from typing import Any, Callable, Generic, TypeVar, final
 from weakref import WeakValueDictionary
 
+from ._backend import READY
 from ._common import check_flag
 from ._lock import Lock
 from ._rwlock import ReadLock, RWLock, UpgradableLock, WriteLock
@@ -38,6 +40,15 @@ class _PinnedLock(Lock):  # type: ignore[misc]
         self._pins[id(self)] = self
         Lock.acquire_nowait(self)
 
+    def release(self) -> None:
+        Lock.release(self)
+        if not self._in_use():
+            self._pins.pop(id(self), None)
+
+    def __aexit__(self, *exc_info: Any) -> Awaitable[None]:
+        self.release()
+        return READY
+
 
 class _PinnedRead(ReadLock):  # type: ignore[misc]
     __slots__ = ("_pins",)
@@ -51,6 +62,15 @@ class _PinnedRead(ReadLock):  # type: ignore[misc]
     def acquire_nowait(self) -> None:
         self._pins[id(self._rw)] = self._rw
         ReadLock.acquire_nowait(self)
+
+    def release(self) -> None:
+        ReadLock.release(self)
+        if not self._rw._in_use():
+            self._pins.pop(id(self._rw), None)
+
+    def __aexit__(self, *exc_info: Any) -> Awaitable[None]:
+        self.release()
+        return READY
 
 
 class _PinnedWrite(WriteLock):  # type: ignore[misc]
@@ -66,6 +86,15 @@ class _PinnedWrite(WriteLock):  # type: ignore[misc]
         self._pins[id(self._rw)] = self._rw
         WriteLock.acquire_nowait(self)
 
+    def release(self) -> None:
+        WriteLock.release(self)
+        if not self._rw._in_use():
+            self._pins.pop(id(self._rw), None)
+
+    def __aexit__(self, *exc_info: Any) -> Awaitable[None]:
+        self.release()
+        return READY
+
 
 class _PinnedUpgradable(UpgradableLock):  # type: ignore[misc]
     __slots__ = ("_pins",)
@@ -79,6 +108,15 @@ class _PinnedUpgradable(UpgradableLock):  # type: ignore[misc]
     def acquire_nowait(self) -> None:
         self._pins[id(self._rw)] = self._rw
         UpgradableLock.acquire_nowait(self)
+
+    def release(self) -> None:
+        UpgradableLock.release(self)
+        if not self._rw._in_use():
+            self._pins.pop(id(self._rw), None)
+
+    def __aexit__(self, *exc_info: Any) -> Awaitable[None]:
+        self.release()
+        return READY
 
 
 class _Keyed(Generic[L]):
