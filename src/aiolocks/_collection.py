@@ -57,8 +57,10 @@ class _Member:
                 f"LockCollection cannot take {type(lock).__name__} objects: use rw.reader / "
                 "rw.writer, or the condition's lock"
             )
-        elif isinstance(lock, (Lock, anyio.Lock)) or _is_trio_lock(lock):
+        elif isinstance(lock, (Lock, anyio.Lock)):
             self.acquire_nowait = lock.acquire_nowait
+        elif _is_trio_lock(lock):
+            self.acquire_nowait = lambda: _trio_lock_nowait(lock)
         elif isinstance(lock, asyncio.Lock):
             self.acquire_nowait = lambda: _asyncio_lock_nowait(lock)
         else:
@@ -72,6 +74,13 @@ class _Member:
 def _is_trio_lock(lock: object) -> bool:
     trio = sys.modules.get("trio")
     return trio is not None and isinstance(lock, trio.Lock)
+
+
+def _trio_lock_nowait(lock: Any) -> None:
+    try:
+        lock.acquire_nowait()
+    except sys.modules["trio"].WouldBlock:
+        raise WouldBlock from None  # one WouldBlock for every kind of member: anyio's
 
 
 def _asyncio_lock_nowait(lock: asyncio.Lock) -> None:
