@@ -320,9 +320,7 @@ class LockCollection:
         held: list[_Member] = []
         try:
             if self._strategy == "ordered":
-                for member in self._ordered:
-                    await member.acquire()
-                    held.append(member)
+                await self._acquire_ordered(held)
             else:
                 await self._acquire_retrying(held)
         except BaseException:
@@ -332,6 +330,23 @@ class LockCollection:
                 key._in_use = False
             raise
         return CollectionGuard(key, held)
+
+    async def _acquire_ordered(self, held: list[_Member]) -> None:
+        # Take what is free without waiting, in the global order; from the first busy member
+        # on, wait for each in turn.  The order of acquisition is the same either way.
+        members = self._ordered
+        for member in members:
+            try:
+                member.acquire_nowait()
+            except WouldBlock:
+                break
+            held.append(member)
+        else:
+            await anyio.lowlevel.checkpoint()  # taking a collection is a checkpoint, too
+            return
+        for member in members[len(held) :]:
+            await member.acquire()
+            held.append(member)
 
     async def _acquire_retrying(self, held: list[_Member]) -> None:
         members = self._given
