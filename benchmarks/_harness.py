@@ -38,6 +38,8 @@ class Result:
     unit: str  # "s", "ops/s", "ops", "bytes"
     samples: list[float] = field(default_factory=list)
     stat: str = "median"  # how ``value`` summarises ``samples``: "median" or "min"
+    series: str = ""  # a scaling series this point belongs to (see ``_scenarios.SCALING``)
+    x: float | None = None  # its abscissa in that series (the number of tasks)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

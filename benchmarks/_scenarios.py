@@ -56,6 +56,8 @@ def compare(
     slow_after: float = float("inf"),
     label: str | None = None,
     stat: str = "median",
+    curve: str = "",
+    x: float | None = None,
 ) -> dict[str, dict[str, list[float]]]:
     """Measure ``reference`` and every candidate interleaved; record results and ratio checks.
 
@@ -69,7 +71,9 @@ def compare(
     ``stat="median"``: values are medians and ratios the median of per-repetition ratios
     (for whole-workload runs). ``stat="min"``: values are minima and ratios the ratio of
     minima (for micro-benchmarks, where a busy machine only ever adds time, so the fastest of
-    many short samples is the least disturbed one). Returns ``{candidate: {metric: samples}}``.
+    many short samples is the least disturbed one). ``curve``/``x``: the records are the
+    point ``x`` of that scaling series (see ``SCALING``; plotted by ``report.py``). Returns
+    ``{candidate: {metric: samples}}``.
     """
     agg = min if stat == "min" else median
     how = f"{stat} of {reps} runs" + (", ratio of minima" if stat == "min" else "")
@@ -94,7 +98,9 @@ def compare(
         series[cand] = {m: [s[m] for s in samples] for m in metrics}
         for m, unit in metrics.items():
             xs = series[cand][m]
-            col.results.append(Result(name, backend, cand, m, agg(xs), unit, xs, stat))
+            col.results.append(
+                Result(name, backend, cand, m, agg(xs), unit, xs, stat, series=curve, x=x)
+            )
     unit = metrics[checked]
     if peers is not None:
         measured = [p for p in peers if series.get(p, {}).get(checked)]
@@ -328,6 +334,49 @@ async def _many_readers(make_rw: Callable[[], tuple[Any, Any]] | None, n: int) -
     release.set()
     await asyncio.gather(*ts)
     return {"time_per_reader": (perf_counter() - t0) / n}
+
+
+async def _many_readers_trio(make_rw: Callable[[], tuple[Any, Any]] | None, n: int) -> Sample:
+    """``_many_readers`` on trio: ``n`` tasks of one nursery hold the read lock at once."""
+    rlock = make_rw()[0] if make_rw is not None else None
+    release = trio.Event()
+    all_in = trio.Event()
+    count = 0
+
+    async def bare() -> None:
+        nonlocal count
+        count += 1
+        if count == n:
+            all_in.set()
+        await release.wait()
+
+    async def reader() -> None:
+        nonlocal count
+        async with rlock:
+            count += 1
+            if count == n:
+                all_in.set()
+            await release.wait()
+
+    body = bare if rlock is None else reader
+    t0 = perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(n):
+            nursery.start_soon(body)
+        await all_in.wait()
+        release.set()
+    return {"time_per_reader": (perf_counter() - t0) / n}
+
+
+async def _readers_rounds(
+    fn: Callable[..., Any], make_rw: Callable[[], tuple[Any, Any]] | None, n: int, rounds: int
+) -> Sample:
+    """``rounds`` successive rounds of ``fn(make_rw, n)``, each with a fresh lock; the mean
+    cost per reader (a small ``n`` needs many rounds to make a sample worth timing)."""
+    total = 0.0
+    for _ in range(rounds):
+        total += (await fn(make_rw, n))["time_per_reader"]
+    return {"time_per_reader": total / rounds}
 
 
 async def _settle(tasks: list[asyncio.Task[Any]]) -> None:
@@ -1139,6 +1188,82 @@ def many_readers(col: Collector, cfg: Config) -> None:
         )
 
 
+# Scaling series: their records carry ``series`` (a key here) and ``x`` (the number of tasks);
+# ``report.py`` draws one plot per series, one panel per backend, one line per candidate.
+SCALING: dict[str, str] = {
+    "contended": "Contended exclusive hand-off: cost per acquisition vs number of tasks",
+    "readers": "Readers holding the lock at once: cost per reader vs number of readers",
+}
+
+
+def scaling(col: Collector, cfg: Config) -> None:
+    """Cost per operation against the number of tasks, for every peer of each backend.
+
+    (a) ``tasks`` tasks take one lock in turn, each holding it across one yield, so in steady
+    state every acquisition is a hand-off to the longest waiter (at 1 task: an uncontended
+    acquisition plus a yield); about ``total`` acquisitions per sample whatever ``tasks``.
+    (b) ``n`` tasks take the read lock together and wait on one event, then release; the
+    baseline is the same tasks without a lock. Rounds are repeated up to about ``total``
+    readers per sample.
+    """
+    sizes = cfg.pick([1, 10, 100, 1_000], [1, 10, 100])
+    total = cfg.pick(2_000, 200)
+    reps = cfg.pick(7, 2)
+    for backend in ("asyncio", "trio"):
+        on_trio = backend == "trio"
+        fn = _contended_trio if on_trio else _contended_asyncio
+        extras = [P.LOCK, P.LOCK_FAST, P.RW_WRITER, P.ANYIO_LOCK]
+        extras += [] if on_trio else [P.AIORW_WRITER]
+        for tasks in sizes:
+            n = max(2, total // tasks)
+            compare(
+                col,
+                name=f"scaling: contended hand-off, {tasks} task{'s' if tasks > 1 else ''}",
+                backend=backend,
+                reference=P.TRIO_LOCK if on_trio else P.ASYNCIO_LOCK,
+                targets=[],
+                extras=extras,
+                reps=reps,
+                sample=lambda c, b=backend, f=fn, t=tasks, k=n: run_on(b, f, P.FACTORIES[c], t, k),
+                metrics={"time_per_op": "s"},
+                checked="time_per_op",
+                stat="min",
+                note=f"per acquisition; each task takes the lock {n} times, holding it "
+                "across one yield",
+                curve="contended",
+                x=tasks,
+            )
+
+    sizes = cfg.pick([1, 10, 100, 1_000, 10_000], [1, 10, 100])
+    total = cfg.pick(4_000, 300)
+    reps = cfg.pick(5, 2)
+    for backend in ("asyncio", "trio"):
+        on_trio = backend == "trio"
+        fn = _many_readers_trio if on_trio else _many_readers
+        for size in sizes:
+            rounds = max(1, total // size)
+            compare(
+                col,
+                name=f"scaling: readers holding at once, n={size}",
+                backend=backend,
+                reference=P.BARE_TASKS,
+                targets=[],
+                extras=[P.RWLOCK] + ([] if on_trio else [P.AIORWLOCK]),
+                reps=reps,
+                sample=lambda c, b=backend, f=fn, s=size, r=rounds: run_on(
+                    b, _readers_rounds, f, P.RW_FACTORIES.get(c), s, r
+                ),
+                metrics={"time_per_reader": "s"},
+                checked="time_per_reader",
+                stat="min",
+                note="per reader (spawn, read lock, wait, release); vs bare tasks waiting on "
+                f"an Event; {rounds} round{'s' if rounds > 1 else ''} per sample",
+                slow_after=3.0,
+                curve="readers",
+                x=size,
+            )
+
+
 def cancel_queued(col: Collector, cfg: Config) -> None:
     n = cfg.pick(16_000, 1_000)
     reps = cfg.pick(4, 2)
@@ -1569,4 +1694,5 @@ SCENARIOS: list[tuple[str, Callable[[Collector, Config], None]]] = [
     ("memory", memory),
     ("optimistic", optimistic),
     ("collection", collection),
+    ("scaling", scaling),
 ]

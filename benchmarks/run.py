@@ -2,7 +2,8 @@
 
 Usage::
 
-    python benchmarks/run.py [--quick] [--json PATH] [--markdown PATH] [--only NAME ...]
+    python benchmarks/run.py [--quick] [--json PATH] [--markdown PATH] [--report DIR]
+                             [--only NAME ...]
 
 Every scenario measures its candidates interleaved, each sample in a fresh event loop, and
 reports per-op costs plus ratios against the peer named in the target, computed within this
@@ -13,6 +14,10 @@ The JSON output is ``{"meta": ..., "results": [...], "checks": [...], "errors": 
 ``results`` holds one record per (scenario, backend, candidate, metric) with the median
 ``value``, its ``unit`` and the raw ``samples``; ``checks`` holds the comparison rows shown in
 the table (``reference``, ``ratio``, ``target``, ``status`` = PASS / MISS / info / n/a).
+
+``--report DIR`` writes ``DIR/report.md`` and PNG plots (matplotlib, the ``bench`` extra): cost
+per operation against the number of tasks for each scaling series, and every ratio target as
+a bar chart (see ``report.py``). ``docs/benchmarks/`` holds one such report.
 """
 
 from __future__ import annotations
@@ -112,17 +117,30 @@ def render_text(col: Collector) -> str:
 
 
 def render_markdown(col: Collector, meta: dict[str, Any]) -> str:
-    out = [
-        "# aiolocks benchmarks",
-        "",
-        f"Python {meta['python']}, {meta['platform']}, anyio {meta['anyio']}, "
-        f"trio {meta['trio']}; {'quick' if meta['quick'] else 'full'} run, "
-        f"{meta['seconds']:.0f} s; {_load_text(meta)}.",
-        "",
-    ]
+    return markdown_header(meta) + "\n\n" + markdown_tables(col)
+
+
+def markdown_header(meta: dict[str, Any]) -> str:
+    versions = ", ".join(
+        f"{k} {meta[k]}" for k in ("aiolocks", "anyio", "trio", "aiorwlock", "uvloop") if meta[k]
+    )
+    return "\n".join(
+        [
+            "# aiolocks benchmarks",
+            "",
+            f"{meta['implementation']} {meta['python']}, {meta['platform']}; {versions}; "
+            f"{'quick' if meta['quick'] else 'full'} run of "
+            f"{', '.join(meta['scenarios'])}, {meta['seconds']:.0f} s; {_load_text(meta)}.",
+        ]
+    )
+
+
+def markdown_tables(col: Collector, level: int = 2) -> str:
+    """One table per scenario group, under headings of the given level, then the summary."""
+    out: list[str] = []
     for name, checks in _groups(col.checks).items():
         notes = _notes(checks)
-        out += [f"## {name}", ""]
+        out += [f"{'#' * level} {name}", ""]
         if notes:
             out += [f"_{notes}_", ""]
         out.append("| " + " | ".join(COLUMNS) + " |")
@@ -164,6 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH", help="write every raw number as JSON")
     parser.add_argument("--markdown", metavar="PATH", help="write the table as Markdown")
     parser.add_argument(
+        "--report",
+        metavar="DIR",
+        help="write DIR/report.md and PNG plots (needs matplotlib)",
+    )
+    parser.add_argument(
         "--only",
         nargs="+",
         metavar="NAME",
@@ -173,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     cfg = Config(quick=args.quick)
+    scenarios = [n for n, _ in SCENARIOS if not args.only or n in args.only]
     load_before = _loadavg()
     col = Collector()
     started = time.perf_counter()
@@ -182,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
     for scenario, fn in SCENARIOS:
-        if args.only and scenario not in args.only:
+        if scenario not in scenarios:
             continue
         t0 = time.perf_counter()
         fn(col, cfg)
@@ -201,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         "aiorwlock": _version("aiorwlock"),
         "uvloop": _version("uvloop"),
         "quick": cfg.quick,
+        "scenarios": scenarios,
         "seconds": seconds,
         "loadavg_before": load_before,
         "loadavg_after": load_after,
@@ -218,6 +243,11 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps(data, indent=1) + "\n")
     if args.markdown:
         Path(args.markdown).write_text(render_markdown(col, meta))
+    if args.report:
+        from report import fmt_size, write_report
+
+        paths = write_report(Path(args.report), col, markdown_header(meta), markdown_tables(col, 3))
+        print(f"report: {', '.join(f'{p} ({fmt_size(p)})' for p in paths)}")
     return 0
 
 
