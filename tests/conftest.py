@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+pytest_plugins = ["pytester"]
+
 _BACKENDS: list[Any] = [
     pytest.param(("asyncio", {}), id="asyncio"),
     pytest.param(("trio", {}), id="trio"),

@@ -5,11 +5,19 @@ None of the primitives is thread-safe: use each from the tasks of one event loop
 
 from __future__ import annotations
 
+import os as _os
+
 from anyio import LockStatistics
 
 from ._collection import CollectionGuard, LockCollection
 from ._condition import Condition, ConditionStatistics
-from ._exceptions import DeadlockError, TaskKeyError
+from ._exceptions import (
+    DeadlockError,
+    LockLostError,
+    LockOrderError,
+    LockOrderWarning,
+    TaskKeyError,
+)
 from ._keyed import KeyedLock, KeyedRWLock
 from ._keys import TaskKey
 from ._lock import Lock
@@ -24,6 +32,9 @@ __all__ = [
     "KeyedRWLock",
     "Lock",
     "LockCollection",
+    "LockLostError",
+    "LockOrderError",
+    "LockOrderWarning",
     "LockStatistics",
     "RWLock",
     "RWLockStatistics",
@@ -35,3 +46,8 @@ __all__ = [
 ]
 
 __version__ = "0.1.0.dev0"
+
+from . import debug
+
+if _os.environ.get("AIOLOCKS_DEBUG"):
+    debug._enable_from_environment(_os.environ["AIOLOCKS_DEBUG"])

@@ -21,6 +21,7 @@ import sys
 import types
 from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any, Callable, Protocol, cast
+from weakref import WeakSet
 
 import anyio
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable
 
 __all__ = [
+    "LIVE",
     "READY",
     "TRIO",
     "Bindable",
@@ -91,6 +93,11 @@ def _no_trio() -> Any:
 
 _trio_current_task: Callable[[], Any] = _no_trio
 
+#: Every primitive that has been used from an event loop, for ``aiolocks.debug.snapshot()``.
+#: Added to when a primitive binds to a loop (its first use, on this slow path), so the hot
+#: paths pay nothing; weak, so it keeps nothing alive.
+LIVE: WeakSet[Any] = WeakSet()
+
 
 def resolve_task(prim: Bindable) -> Any:
     """Return the current task the slow way, binding ``prim`` to the current event loop.
@@ -120,6 +127,7 @@ def resolve_task(prim: Bindable) -> Any:
                     "(aiolocks primitives are not thread-safe)"
                 )
             prim._loop = loop
+            LIVE.add(prim)
         return task
     if trio is not None:
         _trio_current_task = trio.lowlevel.current_task
@@ -135,6 +143,7 @@ def resolve_task(prim: Bindable) -> Any:
                         "used from trio at the same time"
                     )
                 prim._loop = TRIO
+                LIVE.add(prim)
             return task
     raise RuntimeError(f"{prim!r} must be used from a running asyncio or trio task")
 

@@ -295,6 +295,21 @@ class Condition:
     def _in_use(self) -> bool:
         return len(self._q) > 0
 
+    # -- introspection for aiolocks.debug (never on a hot path) -------------------------------
+
+    _debug_kind = "Condition"
+
+    def _debug_holders(self) -> list[tuple[Any, str]]:
+        return []  # its lock reports the holders
+
+    def _debug_waiters(self) -> list[tuple[Waiter, str]]:
+        kind = self._kind
+        mode = "read" if kind == _READER else "write" if kind == _WRITER else "exclusive"
+        return [(w, mode) for w in self._q]
+
+    def _debug_blockers(self, task: Any, mode: str, waiter: Waiter | None = None) -> list[Any]:
+        return []  # a sleeper waits for a notify(), which no lock state predicts
+
     def _holds(self, task: Any, waiting: bool = False) -> bool:
         kind = self._kind
         if kind == _LOCK:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Generic, TypeVar, final
 from weakref import WeakValueDictionary
 
 from ._backend import READY
-from ._common import check_flag
+from ._common import check_flag, set_name
 from ._lock import Lock
 from ._rwlock import ReadLock, RWLock, UpgradableLock, WriteLock
 
@@ -122,9 +122,12 @@ class _PinnedUpgradable(UpgradableLock):  # type: ignore[misc]
 class _Keyed(Generic[L]):
     """A table of locks by key that holds each only while it is held, waited for or referred to."""
 
-    __slots__ = ("__weakref__", "_make", "_pinned", "_swept", "_table")
+    __slots__ = ("__weakref__", "_make", "_name", "_pinned", "_swept", "_table")
 
-    def __init__(self, make: Callable[[dict[int, Any]], L]) -> None:
+    def __init__(self, make: Callable[[dict[int, Any]], L], name: str | None) -> None:
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a str or None, not {type(name).__name__}")
+        self._name = name
         self._make: Callable[[dict[int, Any]], L] = make
         self._table: WeakValueDictionary[Hashable, L] = WeakValueDictionary()
         self._pinned: dict[int, Any] = {}  # id -> lock, for locks acquired since the last sweep
@@ -136,6 +139,8 @@ class _Keyed(Generic[L]):
         lock = self._table.get(key)
         if lock is None:
             lock = self._table[key] = self._make(self._pinned)
+            if self._name is not None:
+                set_name(lock, f"{self._name}[{key!r}]")
         return lock
 
     def _sweep(self) -> None:
@@ -158,7 +163,8 @@ class _Keyed(Generic[L]):
         return iter(list(self._table.keys()))
 
     def __repr__(self) -> str:
-        return f"<aiolocks.{type(self).__name__} with {len(self._table)} live key(s)>"
+        name = f" {self._name!r}" if self._name else ""
+        return f"<aiolocks.{type(self).__name__}{name} with {len(self._table)} live key(s)>"
 
 
 def _make_rwlock(fast: bool) -> Callable[[dict[int, Any]], RWLock]:
@@ -202,6 +208,7 @@ class KeyedRWLock(_Keyed[RWLock]):
 
     Args:
         fast_acquire: passed to every :class:`RWLock` the table makes.
+        name: names the table's locks ``name[key]`` in ``repr`` and diagnostics.
 
     Raises:
         TypeError: (on ``table[key]``) the key is not hashable.
@@ -211,8 +218,8 @@ class KeyedRWLock(_Keyed[RWLock]):
 
     __slots__ = ()
 
-    def __init__(self, *, fast_acquire: bool = False) -> None:
-        super().__init__(_make_rwlock(check_flag(fast_acquire, "fast_acquire")))
+    def __init__(self, *, fast_acquire: bool = False, name: str | None = None) -> None:
+        super().__init__(_make_rwlock(check_flag(fast_acquire, "fast_acquire")), name)
 
 
 @final
@@ -224,5 +231,5 @@ class KeyedLock(_Keyed[Lock]):
 
     __slots__ = ()
 
-    def __init__(self, *, fast_acquire: bool = False) -> None:
-        super().__init__(_make_lock(check_flag(fast_acquire, "fast_acquire")))
+    def __init__(self, *, fast_acquire: bool = False, name: str | None = None) -> None:
+        super().__init__(_make_lock(check_flag(fast_acquire, "fast_acquire")), name)

@@ -294,6 +294,25 @@ class Lock:
     def _in_use(self) -> bool:
         return self._owner is not None or self._q is not None
 
+    # -- introspection for aiolocks.debug (never on a hot path) -------------------------------
+
+    _debug_kind = "Lock"
+
+    def _debug_holders(self) -> list[tuple[Any, str]]:
+        return [] if self._owner is None else [(self._owner, "exclusive")]
+
+    def _debug_waiters(self) -> list[tuple[Waiter, str]]:
+        return [(w, "exclusive") for w in self._q] if self._q is not None else []
+
+    def _debug_blockers(self, task: Any, mode: str, waiter: Waiter | None = None) -> list[Any]:
+        """The tasks a request of ``task`` waits for: the owner and everyone queued ahead."""
+        if self._owner is None or self._owner is task:
+            return []
+        ahead = list(self._q) if self._q is not None else []
+        if waiter is not None and waiter in ahead:
+            ahead = ahead[: ahead.index(waiter)]
+        return [self._owner, *(w.task for w in ahead)]
+
     def _check_invariants(self) -> None:
         q = self._q
         if q is not None:

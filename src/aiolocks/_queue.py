@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections import deque
 from collections.abc import Generator, Iterator
 from typing import Any, Protocol, Union, cast
@@ -37,6 +38,12 @@ __all__ = [
     "Waiter",
     "new_waiter",
 ]
+
+#: Debug mode only (``aiolocks.debug``): task -> the waiter it parks in now, for wait-for cycle
+#: detection.  ``None`` when debug mode is off: then the contended path pays one global read.
+waiting: dict[Any, Any] | None = None
+
+_now = time.monotonic
 
 WAITING = 0  # queued, not yet granted
 GRANTED = 1  # handed what it asked for; it wakes up holding it
@@ -63,6 +70,7 @@ class _WaiterBase:
     mode: int  # what it asked for (the primitive's own numbering)
     ticket: int  # arrival order, where the primitive needs one
     state: int  # WAITING, GRANTED or GONE
+    since: float  # time.monotonic() when it started waiting (for diagnostics)
 
     def abandon(self) -> None:
         """The wait ended in an exception (cancellation or a broken lock): clean up after it."""
@@ -82,7 +90,7 @@ class AsyncioWaiter(asyncio.Future, _WaiterBase):  # type: ignore[type-arg]
     cancelled waiters near the cost of bare tasks, GC pressure included).
     """
 
-    __slots__ = ("home", "mode", "state", "task", "ticket")
+    __slots__ = ("home", "mode", "since", "state", "task", "ticket")
 
     def grant(self) -> bool:
         """Wake the waiter as the new holder; False if it turned out to be gone already."""
@@ -112,7 +120,7 @@ class AsyncioWaiter(asyncio.Future, _WaiterBase):  # type: ignore[type-arg]
 class TrioWaiter(_WaiterBase):
     """A waiter parked with ``trio.lowlevel.wait_task_rescheduled``."""
 
-    __slots__ = ("home", "mode", "state", "task", "ticket")
+    __slots__ = ("home", "mode", "since", "state", "task", "ticket")
 
     def __init__(self, home: Parker, task: Any, mode: int, ticket: int) -> None:
         self.home = home
@@ -120,6 +128,7 @@ class TrioWaiter(_WaiterBase):
         self.mode = mode
         self.ticket = ticket
         self.state = WAITING
+        self.since = _now()
 
     def __await__(self) -> Generator[Any, Any, None]:
         return self._park().__await__()
@@ -233,12 +242,17 @@ class WaitQueue:
 
 def new_waiter(loop: Any, home: Parker, task: Any, mode: int, ticket: int) -> Waiter:
     """A waiter for ``task`` of the backend ``loop`` stands for (an asyncio loop or TRIO)."""
+    waiter: Waiter
     if loop is TRIO:
-        return TrioWaiter(home, task, mode, ticket)
-    waiter = AsyncioWaiter(loop=loop)
-    waiter.home = home
-    waiter.task = task
-    waiter.mode = mode
-    waiter.ticket = ticket
-    waiter.state = WAITING
+        waiter = TrioWaiter(home, task, mode, ticket)
+    else:
+        waiter = AsyncioWaiter(loop=loop)
+        waiter.home = home
+        waiter.task = task
+        waiter.mode = mode
+        waiter.ticket = ticket
+        waiter.state = WAITING
+        waiter.since = _now()
+    if waiting is not None:
+        waiting[task] = waiter
     return waiter

@@ -28,6 +28,7 @@ T = TypeVar("T")
 
 READ, WRITE, UPGRADABLE, UPGRADE = 0, 1, 2, 3
 _MODE_NAMES = ("read", "write", "upgradable", "upgrade")
+_MODES = {"read": READ, "write": WRITE, "upgradable": UPGRADABLE, "upgrade": UPGRADE}
 _NO_LIMIT = float("inf")
 
 
@@ -724,6 +725,69 @@ class RWLock:
 
     def _in_use(self) -> bool:
         return self._writer is not None or bool(self._readers) or self._s is not None
+
+    # -- introspection for aiolocks.debug (never on a hot path) -------------------------------
+
+    _debug_kind = "RWLock"
+
+    def _debug_holders(self) -> list[tuple[Any, str]]:
+        out: list[tuple[Any, str]] = []
+        s = self._s
+        if self._writer is not None:
+            out.append((self._writer, "write"))
+        if s is not None and s.upg is not None and s.upg is not self._writer:
+            out.append((s.upg, "upgradable"))
+        out += [(t, "read") for t in self._readers or () if s is None or t is not s.upg]
+        return out
+
+    def _debug_waiters(self) -> list[tuple[Waiter, str]]:
+        s = self._s
+        if s is None:
+            return []
+        waiters = [*s.rq, *s.wq]
+        if s.upgrading is not None:
+            waiters.append(s.upgrading)
+        waiters.sort(key=lambda w: w.ticket)
+        return [(w, "write" if w.mode == UPGRADE else _MODE_NAMES[w.mode]) for w in waiters]
+
+    def _debug_blockers(self, task: Any, mode: str, waiter: Waiter | None = None) -> list[Any]:
+        """The tasks a request of ``task`` (or its queued ``waiter``) waits for; ``[]`` if none.
+
+        Only genuine waits, and only as many as a cycle search needs: everyone queued in this
+        lock waits, in the end, for its holders, so a request depends on the holders it
+        conflicts with; a reader held back by a queued writer (writer preference) depends on
+        that writer, which is named so a reported cycle reads as it happens.
+        """
+        s = self._s
+        writer, readers = self._writer, self._readers or {}
+        m = waiter.mode if waiter is not None else _MODES.get(mode, UPGRADE)
+        others = [t for t in readers if t is not task]
+        if m == UPGRADE:
+            return others
+        if waiter is None and (
+            writer is task or task in readers or (s is not None and s.upg is task)
+        ):
+            return []  # re-entrant, or a request refused at once
+        if m == READ:
+            if writer is not None:
+                return [writer]
+            if s is None:
+                return []
+            limit = waiter.ticket if waiter is not None else _NO_LIMIT
+            first = next((w for w in s.wq if w.mode == WRITE and w.ticket < limit), None)
+            if first is not None:
+                return [first.task]
+            return [s.upgrading.task] if s.upgrading is not None else []
+        upg = s.upg if s is not None else None
+        out = [t for t in (writer, upg) if t is not None and t is not task]
+        if m == WRITE:
+            out += others
+        if not out and s is not None:  # only queued behind another request (FIFO)
+            limit = waiter.ticket if waiter is not None else _NO_LIMIT
+            ahead = next((w for w in s.wq if w.ticket < limit), None)
+            if ahead is not None:
+                out = [ahead.task]
+        return out
 
     def _me(self) -> Any:
         task = task_of(self._loop)

@@ -1,0 +1,824 @@
+"""Diagnostics for the day a service hangs: who holds what, lock-order checking, wait cycles.
+
+Always available, at no cost to the locks:
+
+* :func:`snapshot` lists every live aiolocks primitive with its holders and waiters, and how
+  long each waiter has waited; :func:`dump` prints it, with any cycle of tasks waiting on each
+  other (a deadlock) spelled out.  Call it from a signal handler, an admin endpoint, or a
+  watchdog task when requests stop coming back.
+
+In debug mode (:func:`enable`, or ``AIOLOCKS_DEBUG=1`` in the environment, or
+``pytest --aiolocks-debug``), for tests and staging:
+
+* **Lock-order checking** (the Linux kernel's lockdep idea): taking B while holding A records
+  the order A->B; an acquisition that inverts an order seen before, transitively, in any task,
+  raises :class:`~aiolocks.LockOrderError` (or warns), even if nothing deadlocked this time.
+* **Wait-for cycle detection**: a wait that would close a cycle of tasks waiting on each other
+  raises :class:`~aiolocks.DeadlockError` in the task that would close it.
+* Holders' acquisition sites and times, waiters' sites, and contention statistics per primitive
+  are recorded for :func:`snapshot`.
+
+Debug mode costs nothing while off: :func:`enable` swaps instrumented versions of the acquire
+and release methods into the lock classes, and :func:`disable` swaps the originals back, so the
+fast paths carry no flag to test.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, TextIO
+from weakref import WeakKeyDictionary
+
+from . import _queue
+from ._backend import LIVE, READY, current_task, task_name
+from ._common import name_of
+from ._condition import Condition
+from ._exceptions import DeadlockError, LockOrderError, LockOrderWarning
+from ._lock import Lock
+from ._rwlock import ReadLock, UpgradableLock, WriteLock
+
+__all__ = [
+    "ContentionStatistics",
+    "HolderInfo",
+    "PrimitiveInfo",
+    "WaiterInfo",
+    "disable",
+    "dump",
+    "enable",
+    "enabled",
+    "snapshot",
+]
+
+
+# -- what snapshot() returns ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HolderInfo:
+    """A task holding a primitive.
+
+    Attributes:
+        task: the task's name.
+        mode: ``"read"``, ``"write"``, ``"upgradable"`` or ``"exclusive"`` (a plain Lock).
+        since: when it took the hold (``time.time()``), recorded in debug mode only, else None.
+        site: ``file:line`` where it took the hold, recorded in debug mode only, else None.
+    """
+
+    task: str
+    mode: str
+    since: float | None
+    site: str | None
+
+
+@dataclass(frozen=True)
+class WaiterInfo:
+    """A task waiting for a primitive (or, for a Condition, for a notification).
+
+    Attributes:
+        task: the task's name.
+        mode: what it waits for: ``"read"``, ``"write"``, ``"upgradable"`` or ``"exclusive"``.
+        waited: seconds it has waited so far (always measured).
+        site: ``file:line`` where it started waiting, recorded in debug mode only, else None.
+    """
+
+    task: str
+    mode: str
+    waited: float
+    site: str | None
+
+
+@dataclass(frozen=True)
+class ContentionStatistics:
+    """How contended a primitive has been since debug mode was switched on.
+
+    Attributes:
+        acquisitions: holds taken (re-entrant ones included).
+        contended: acquisitions that had to wait.
+        total_wait: seconds spent waiting, summed over the contended acquisitions.
+        max_wait: the longest single wait, in seconds.
+    """
+
+    acquisitions: int
+    contended: int
+    total_wait: float
+    max_wait: float
+
+
+@dataclass(frozen=True)
+class PrimitiveInfo:
+    """One live primitive in a :func:`snapshot`.
+
+    Attributes:
+        name: the ``name=`` it was given, else ``"<kind> at 0x..."``.
+        kind: ``"Lock"``, ``"RWLock"`` or ``"Condition"``.
+        holders: the tasks holding it (a Condition reports none: its lock does).
+        waiters: the tasks waiting for it, in arrival order.
+        contention: its :class:`ContentionStatistics` in debug mode, else None.
+    """
+
+    name: str
+    kind: str
+    holders: tuple[HolderInfo, ...]
+    waiters: tuple[WaiterInfo, ...]
+    contention: ContentionStatistics | None = None
+
+
+# -- debug mode state ----------------------------------------------------------------------------
+
+
+class _Hold:
+    """One hold a task took in debug mode: what, how, where, when."""
+
+    __slots__ = ("mode", "prim", "since", "site")
+
+    def __init__(self, prim: Any, mode: str, site: str | None) -> None:
+        self.prim = prim
+        self.mode = mode
+        self.site = site
+        self.since = time.time()
+
+
+class _Edge:
+    """The first time lock B was taken while A was held: the order A -> B."""
+
+    __slots__ = ("a_mode", "a_site", "b_mode", "b_site", "stack", "task")
+
+    def __init__(self, hold: _Hold, b_mode: str, b_site: str | None, task: str, stack: str):
+        self.a_mode, self.a_site = hold.mode, hold.site
+        self.b_mode, self.b_site = b_mode, b_site
+        self.task = task
+        self.stack = stack
+
+
+class _Stats:
+    __slots__ = ("acquisitions", "contended", "max_wait", "total_wait")
+
+    def __init__(self) -> None:
+        self.acquisitions = 0
+        self.contended = 0
+        self.total_wait = 0.0
+        self.max_wait = 0.0
+
+
+class _State:
+    __slots__ = ("after", "held", "on_inversion", "stats", "wait_sites", "warned")
+
+    def __init__(self, on_inversion: str) -> None:
+        self.on_inversion = on_inversion
+        self.held: dict[Any, list[_Hold]] = {}  # task -> its holds, oldest first
+        # prim -> {prim taken while it was held -> the first time that happened}
+        self.after: WeakKeyDictionary[Any, WeakKeyDictionary[Any, _Edge]] = WeakKeyDictionary()
+        self.stats: WeakKeyDictionary[Any, _Stats] = WeakKeyDictionary()
+        self.wait_sites: dict[Any, str | None] = {}  # task -> where it waits now
+        self.warned: set[tuple[int, int]] = set()
+
+
+_state: _State | None = None
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _user_frame() -> Any:
+    """The innermost frame outside aiolocks (the caller's ``async with`` line)."""
+    f: Any = sys._getframe(1)
+    while f is not None and f.f_code.co_filename.startswith(_PACKAGE):
+        f = f.f_back
+    return f
+
+
+def _site() -> str | None:
+    f = _user_frame()
+    return None if f is None else f"{f.f_code.co_filename}:{f.f_lineno}"
+
+
+def _machinery() -> tuple[str, ...]:
+    """Where the event loops' and test runners' own frames live (left out of stacks)."""
+    dirs = []
+    for mod in ("asyncio", "anyio", "trio", "outcome", "uvloop", "_pytest", "pluggy", "pytest"):
+        path = getattr(sys.modules.get(mod), "__file__", None)
+        if path:
+            dirs.append(os.path.dirname(path))
+    return (*dirs, "<frozen runpy>", getattr(sys.modules.get("contextlib"), "__file__", "?"))
+
+
+def _stack() -> str:
+    """The caller's stack, its own frames only, innermost last (for lock-order reports)."""
+    machinery = _machinery()
+    frames = [
+        fs for fs in traceback.extract_stack(_user_frame()) if not fs.filename.startswith(machinery)
+    ]
+    return "".join(traceback.format_list(frames[-8:]))
+
+
+def _describe(prim: Any) -> str:
+    name = name_of(prim)
+    kind = getattr(prim, "_debug_kind", type(prim).__name__)
+    return f"{kind} {name!r}" if name else f"{kind} at {id(prim):#x}"
+
+
+def _target(view: Any) -> Any:
+    """The primitive a lock-like object stands for (an RWLock for its views)."""
+    return getattr(view, "_rw", view)
+
+
+# -- wait-for cycles -----------------------------------------------------------------------------
+
+
+def _mode_of(home: Any, waiter: Any) -> str:
+    for w, mode in home._debug_waiters():
+        if w is waiter:
+            return str(mode)
+    return "?"
+
+
+def _find_cycle(
+    task: Any, prim: Any, mode: str, blockers: list[Any], waiting: dict[Any, Any]
+) -> list[tuple[Any, Any, str, Any]] | None:
+    """A chain of waits from ``task`` (about to wait on ``prim``) back to ``task``.
+
+    Each step is ``(waiting task, primitive, mode, task it waits for)``.  Iterative, visiting
+    each task once, so thousands of waiters cost thousands of steps.
+    """
+    start = (task, prim, mode, blockers)
+    parent: dict[int, tuple[Any, Any]] = {}  # id(blocker) -> (step it came from, blocker)
+    stack: list[tuple[tuple[Any, Any, str, list[Any]], Any]] = [(start, b) for b in blockers]
+    seen: set[int] = {id(task)}
+    while stack:
+        step, blocker = stack.pop()
+        if blocker is task:
+            chain = [(step[0], step[1], step[2], blocker)]
+            t = step[0]
+            while t is not task:
+                prev, _ = parent[id(t)]
+                chain.append((prev[0], prev[1], prev[2], t))
+                t = prev[0]
+            chain.reverse()
+            return chain
+        if id(blocker) in seen:
+            continue
+        seen.add(id(blocker))
+        waiter = waiting.get(blocker)
+        if waiter is None or waiter.state != _queue.WAITING:
+            continue
+        home = waiter.home
+        nxt = (blocker, home, _mode_of(home, waiter), home._debug_blockers(blocker, "", waiter))
+        parent[id(blocker)] = (step, blocker)
+        stack.extend((nxt, b) for b in nxt[3])
+    return None
+
+
+def _relation(prim: Any, blocker: Any) -> str:
+    for t, mode in prim._debug_holders():
+        if t is blocker:
+            return f"held ({mode}) by task {task_name(blocker)!r}"
+    return f"queued behind task {task_name(blocker)!r}"
+
+
+def _describe_cycle(chain: list[tuple[Any, Any, str, Any]]) -> str:
+    return "; ".join(
+        f"task {task_name(t)!r} waits for {_describe(p)} ({m}), {_relation(p, b)}"
+        for t, p, m, b in chain
+    )
+
+
+def _check_cycle(task: Any, prim: Any, mode: str, blockers: list[Any]) -> None:
+    waiting = _queue.waiting
+    if waiting is None:
+        return
+    chain = _find_cycle(task, prim, mode, blockers, waiting)
+    if chain is not None:
+        raise DeadlockError(
+            f"waiting for {_describe(prim)} ({mode}) would close a cycle of tasks waiting on "
+            f"each other, which none of them could ever leave: {_describe_cycle(chain)}. "
+            "Nothing was acquired; the other tasks are unaffected"
+        )
+
+
+# -- lock order ----------------------------------------------------------------------------------
+
+
+def _order_path(st: _State, start: Any, targets: dict[int, _Hold]) -> list[tuple[Any, Any]]:
+    """Recorded orders leading from ``start`` to a lock in ``targets``: [(a, b), ...]."""
+    parent: dict[int, tuple[Any, Any]] = {}
+    frontier = [start]
+    seen = {id(start)}
+    while frontier:
+        nxt = []
+        for a in frontier:
+            for b in list(st.after.get(a, ())):
+                if id(b) in seen:
+                    continue
+                seen.add(id(b))
+                parent[id(b)] = (a, b)
+                if id(b) in targets:
+                    path = [(a, b)]
+                    while a is not start:
+                        path.append(parent[id(a)])
+                        a = parent[id(a)][0]
+                    path.reverse()
+                    return path
+                nxt.append(b)
+        frontier = nxt
+    return []
+
+
+_READ_READ = (
+    " All the holds involved are read holds, and that can still deadlock: with writer "
+    "preference a writer queued on a lock holds back new readers of it, so two tasks taking "
+    "read locks in opposite orders deadlock as soon as writers queue on both."
+)
+
+
+def _check_order(st: _State, task: Any, prim: Any, mode: str, site: str | None) -> None:
+    held = st.held.get(task)
+    if not held or any(h.prim is prim for h in held):
+        return  # nothing held, or re-entrant: not a new order
+    targets = {id(h.prim): h for h in held}
+    path = _order_path(st, prim, targets)
+    if path:
+        _report_inversion(st, task, prim, mode, site, targets[id(path[-1][1])], path)
+        return
+    stack: str | None = None
+    for h in held:
+        edges = st.after.get(h.prim)
+        if edges is None:
+            edges = st.after[h.prim] = WeakKeyDictionary()
+        if prim not in edges:
+            if stack is None:
+                stack = _stack()
+            edges[prim] = _Edge(h, mode, site, task_name(task), stack)
+
+
+def _report_inversion(
+    st: _State,
+    task: Any,
+    prim: Any,
+    mode: str,
+    site: str | None,
+    hold: _Hold,
+    path: list[tuple[Any, Any]],
+) -> None:
+    key = (id(prim), id(hold.prim))
+    if st.on_inversion == "warn" and key in st.warned:
+        return
+    earlier = []
+    modes = {mode, hold.mode}
+    for a, b in path:
+        e = st.after[a][b]
+        modes.update((e.a_mode, e.b_mode))
+        earlier.append(
+            f"task {e.task!r} took {_describe(b)} ({e.b_mode}) at {e.b_site} while holding "
+            f"{_describe(a)} ({e.a_mode}, taken at {e.a_site})"
+        )
+    first = st.after[path[0][0]][path[0][1]]
+    message = (
+        f"lock order inversion: task {task_name(task)!r} takes {_describe(prim)} ({mode}) at "
+        f"{site} while holding {_describe(hold.prim)} ({hold.mode}, taken at {hold.site}), "
+        f"but earlier {'; then '.join(earlier)}. Tasks taking these locks in opposite orders "
+        "can deadlock each other, even if they did not this time."
+        + (_READ_READ if modes == {"read"} else "")
+        + "\n\nWhere the earlier order was made:\n"
+        + first.stack
+        + "\nWhere the inversion is attempted:\n"
+        + _stack()
+    )
+    if st.on_inversion == "raise":
+        raise LockOrderError(message)
+    st.warned.add(key)
+    f = _user_frame()
+    warnings.warn_explicit(
+        LockOrderWarning(message),
+        LockOrderWarning,
+        f.f_code.co_filename if f else "<aiolocks>",
+        f.f_lineno if f else 0,
+        module_globals=f.f_globals if f else None,
+    )
+
+
+# -- bookkeeping of holds ------------------------------------------------------------------------
+
+
+def _push(st: _State, task: Any, prim: Any, mode: str, site: str | None) -> None:
+    st.held.setdefault(task, []).append(_Hold(prim, mode, site))
+
+
+def _pop(st: _State, task: Any, prim: Any, mode: str | None) -> None:
+    held = st.held.get(task)
+    if not held:
+        return
+    for i in range(len(held) - 1, -1, -1):
+        if held[i].prim is prim and (mode is None or held[i].mode == mode):
+            del held[i]
+            break
+    else:
+        if mode is not None:
+            _pop(st, task, prim, None)
+            return
+    if not held:
+        del st.held[task]
+
+
+def _remode(st: _State, task: Any, prim: Any, old: str, new: str) -> None:
+    for h in reversed(st.held.get(task, ())):
+        if h.prim is prim and h.mode == old:
+            h.mode = new
+            return
+
+
+def _stats(st: _State, prim: Any) -> _Stats:
+    s = st.stats.get(prim)
+    if s is None:
+        s = st.stats[prim] = _Stats()
+    return s
+
+
+# -- the instrumented methods --------------------------------------------------------------------
+
+
+def _acquiring(orig: Callable[..., Any], mode: str) -> Callable[..., Any]:
+    async def acquire(self: Any) -> None:
+        st = _state
+        if st is None:  # disabled since: behave as the original
+            await orig(self)
+            return
+        prim = _target(self)
+        task = current_task()
+        site = _site()
+        blockers = prim._debug_blockers(task, mode)
+        if blockers:
+            _check_cycle(task, prim, mode, blockers)
+        _check_order(st, task, prim, mode, site)
+        stats = _stats(st, prim)
+        if not blockers:
+            await orig(self)
+        else:
+            st.wait_sites[task] = site
+            t0 = time.monotonic()
+            try:
+                await orig(self)
+            finally:
+                st.wait_sites.pop(task, None)
+                if _queue.waiting is not None:
+                    _queue.waiting.pop(task, None)
+                waited = time.monotonic() - t0
+                stats.contended += 1
+                stats.total_wait += waited
+                stats.max_wait = max(stats.max_wait, waited)
+        stats.acquisitions += 1
+        _push(st, task, prim, mode, site)
+
+    return acquire
+
+
+def _acquiring_nowait(orig: Callable[..., Any], mode: str) -> Callable[..., Any]:
+    # A try-lock cannot deadlock, so it records no order (as lockdep treats trylocks), but
+    # what it takes is held: later blocking acquisitions are ordered after it.
+    def acquire_nowait(self: Any) -> None:
+        orig(self)
+        st = _state
+        if st is not None:
+            prim = _target(self)
+            _stats(st, prim).acquisitions += 1
+            _push(st, current_task(), prim, mode, _site())
+
+    return acquire_nowait
+
+
+def _releasing(orig: Callable[..., Any], mode: str) -> Callable[..., Any]:
+    def release(self: Any) -> None:
+        orig(self)
+        st = _state
+        if st is not None:
+            _pop(st, current_task(), _target(self), mode)
+
+    return release
+
+
+def _exiting(orig: Callable[..., Any], mode: str) -> Callable[..., Any]:
+    def __aexit__(self: Any, *exc_info: Any) -> Any:
+        self.release()  # the original's fast path would bypass the instrumented release()
+        return READY
+
+    return __aexit__
+
+
+def _downgrading(orig: Callable[..., Any], mode: str) -> Callable[..., Any]:
+    def downgrade(self: Any) -> None:
+        orig(self)
+        st = _state
+        if st is not None:
+            rw = self._rw
+            task = current_task()
+            upg = rw._s is not None and rw._s.upg is task
+            _remode(st, task, rw, "write", "upgradable" if upg else "read")
+
+    return downgrade
+
+
+def _upgrading(orig: Callable[..., Any], mode: str) -> Callable[..., Any]:
+    async def upgrade(self: Any) -> None:
+        st = _state
+        rw = self._rw
+        task = current_task()
+        if st is not None and rw._s is not None and rw._s.upg is task:
+            blockers = rw._debug_blockers(task, "upgrade")
+            if blockers:
+                _check_cycle(task, rw, "write", blockers)
+        try:
+            await orig(self)
+        finally:
+            if _queue.waiting is not None:
+                _queue.waiting.pop(task, None)
+        if st is not None:
+            _remode(st, task, rw, "upgradable", "write")
+
+    return upgrade
+
+
+def _upgrading_nowait(orig: Callable[..., Any], mode: str) -> Callable[..., Any]:
+    def upgrade_nowait(self: Any) -> None:
+        orig(self)
+        st = _state
+        if st is not None:
+            _remode(st, current_task(), self._rw, "upgradable", "write")
+
+    return upgrade_nowait
+
+
+def _cond_waiting(orig: Callable[..., Any], mode: str) -> Callable[..., Any]:
+    async def wait(self: Any) -> None:
+        st = _state
+        if st is None:
+            await orig(self)
+            return
+        prim = self._rw if self._rw is not None else self._lock
+        task = current_task()
+        held = st.held.get(task, [])
+        saved = [h for h in held if h.prim is prim]
+        st.wait_sites[task] = _site()
+        try:
+            await orig(self)
+        finally:
+            st.wait_sites.pop(task, None)
+            if _queue.waiting is not None:
+                _queue.waiting.pop(task, None)
+            # wait() let go of the lock and took it back (perhaps through the instrumented
+            # acquire): the holds it had are the holds it has, if it holds the lock again.
+            held = st.held.get(task, [])
+            held[:] = [h for h in held if h.prim is not prim]
+            holders = prim._debug_holders() if hasattr(prim, "_debug_holders") else ()
+            if any(t is task for t, _ in holders):
+                held.extend(saved)
+            if held:
+                st.held[task] = held
+            else:
+                st.held.pop(task, None)
+
+    return wait
+
+
+_PLAN: list[tuple[type, str, Callable[[Callable[..., Any], str], Callable[..., Any]], str]] = []
+for _cls, _mode in (
+    (Lock, "exclusive"),
+    (ReadLock, "read"),
+    (WriteLock, "write"),
+    (UpgradableLock, "upgradable"),
+):
+    _PLAN += [
+        (_cls, "__aenter__", _acquiring, _mode),
+        (_cls, "acquire_nowait", _acquiring_nowait, _mode),
+        (_cls, "release", _releasing, _mode),
+        (_cls, "__aexit__", _exiting, _mode),
+    ]
+_PLAN += [
+    (WriteLock, "downgrade", _downgrading, "write"),
+    (UpgradableLock, "upgrade", _upgrading, "write"),
+    (UpgradableLock, "upgrade_nowait", _upgrading_nowait, "write"),
+    (Condition, "wait", _cond_waiting, ""),
+]
+del _cls, _mode
+
+# (class, method name) -> what the class's own dict held before enable() (None: inherited)
+_saved: dict[tuple[type, str], Any] = {}
+
+
+def _install() -> None:
+    for cls, name, wrap, mode in _PLAN:
+        if (cls, name) in _saved:
+            continue
+        own = cls.__dict__.get(name)
+        orig = getattr(cls, name)
+        wrapper = wrap(orig, mode)
+        wrapper.__name__ = name
+        wrapper.__qualname__ = f"{cls.__qualname__}.{name}"
+        wrapper.__doc__ = orig.__doc__
+        wrapper.__wrapped__ = orig  # type: ignore[attr-defined]
+        _saved[(cls, name)] = own
+        setattr(cls, name, wrapper)
+
+
+def _uninstall() -> None:
+    for (cls, name), own in _saved.items():
+        if own is None:
+            delattr(cls, name)
+        else:
+            setattr(cls, name, own)
+    _saved.clear()
+
+
+# -- the switch ----------------------------------------------------------------------------------
+
+
+def enable(*, on_inversion: str = "raise") -> None:
+    """Switch debug mode on for the whole process.
+
+    Lock-order checking, wait-for cycle detection, and the recording of acquisition sites,
+    hold times and contention statistics start now; holds taken before are not known to it.
+    Calling it again changes ``on_inversion`` and keeps what was recorded.
+
+    Args:
+        on_inversion: ``"raise"`` to raise :class:`~aiolocks.LockOrderError` from an
+            acquisition that inverts a known lock order (nothing is acquired), or ``"warn"``
+            to issue a :class:`~aiolocks.LockOrderWarning` once per pair of locks and go on.
+
+    Raises:
+        ValueError: ``on_inversion`` is neither ``"raise"`` nor ``"warn"``.
+
+    Example::
+
+        import aiolocks.debug
+
+        aiolocks.debug.enable(on_inversion="warn")
+
+    .. versionadded:: 0.1
+    """
+    global _state
+    if on_inversion not in ("raise", "warn"):
+        raise ValueError(f"on_inversion must be 'raise' or 'warn', not {on_inversion!r}")
+    if _state is not None:
+        _state.on_inversion = on_inversion
+        return
+    _state = _State(on_inversion)
+    _queue.waiting = {}
+    _install()
+
+
+def disable() -> None:
+    """Switch debug mode off and forget what it recorded; the locks are free again.
+
+    .. versionadded:: 0.1
+    """
+    global _state
+    _uninstall()
+    _queue.waiting = None
+    _state = None
+
+
+def enabled() -> bool:
+    """Return True while debug mode is on.
+
+    .. versionadded:: 0.1
+    """
+    return _state is not None
+
+
+# -- who holds what ------------------------------------------------------------------------------
+
+
+def snapshot() -> list[PrimitiveInfo]:
+    """Every live aiolocks primitive, its holders and waiters, right now.
+
+    Always available; debug mode adds the holders' acquisition times and sites, the waiters'
+    sites and contention statistics.  Primitives are listed once they have been used (a lock
+    nobody ever touched has nothing to report), busiest first; the snapshot keeps none of them
+    alive.  Call it from the event loop's thread.
+
+    Returns:
+        A list of :class:`PrimitiveInfo`, those with waiters first, then those held, then idle.
+
+    .. versionadded:: 0.1
+    """
+    st = _state
+    now = time.monotonic()
+    out = []
+    for prim in list(LIVE):
+        holders = []
+        for task, mode in prim._debug_holders():
+            hold = None
+            if st is not None:
+                hold = next((h for h in st.held.get(task, ()) if h.prim is prim), None)
+            holders.append(
+                HolderInfo(
+                    task_name(task),
+                    mode,
+                    hold.since if hold else None,
+                    hold.site if hold else None,
+                )
+            )
+        waiters = tuple(
+            WaiterInfo(
+                task_name(w.task),
+                mode,
+                max(0.0, now - w.since),
+                st.wait_sites.get(w.task) if st is not None else None,
+            )
+            for w, mode in prim._debug_waiters()
+        )
+        contention = None
+        if st is not None:
+            s = st.stats.get(prim)
+            contention = ContentionStatistics(
+                *((s.acquisitions, s.contended, s.total_wait, s.max_wait) if s else (0, 0, 0, 0))
+            )
+        kind = prim._debug_kind
+        name = name_of(prim) or f"{kind} at {id(prim):#x}"
+        out.append(PrimitiveInfo(name, kind, tuple(holders), waiters, contention))
+    out.sort(key=lambda p: (not p.waiters, not p.holders, p.name))
+    return out
+
+
+def _deadlocks() -> list[str]:
+    """Cycles of tasks waiting on each other right now, from the primitives' own state."""
+    waiting: dict[Any, Any] = {}
+    for prim in list(LIVE):
+        for w, _ in prim._debug_waiters():
+            waiting[w.task] = w
+    found: list[str] = []
+    covered: set[int] = set()
+    for task, w in waiting.items():
+        if id(task) in covered:
+            continue
+        home = w.home
+        chain = _find_cycle(
+            task, home, _mode_of(home, w), home._debug_blockers(task, "", w), waiting
+        )
+        if chain is not None:
+            covered.update(id(step[0]) for step in chain)
+            found.append(_describe_cycle(chain))
+    return found
+
+
+def _ago(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
+
+
+def dump(file: TextIO | None = None) -> None:
+    """Print :func:`snapshot` readably (to ``sys.stderr`` by default), and any deadlock.
+
+    Idle primitives are counted, not listed.  A cycle of tasks waiting on each other found in
+    the locks' current state is printed first, whether debug mode is on or not.
+
+    Args:
+        file: a text stream to write to.
+
+    .. versionadded:: 0.1
+    """
+    out = sys.stderr if file is None else file
+    prims = snapshot()
+    busy = [p for p in prims if p.holders or p.waiters]
+    lines = [
+        f"aiolocks: {len(busy)} primitive(s) in use, {len(prims) - len(busy)} idle"
+        + ("" if _state is not None else " (debug mode off: no sites or hold times)")
+    ]
+    for cycle in _deadlocks():
+        lines.append(f"DEADLOCK: {cycle}")
+    now = time.time()
+    for p in busy:
+        head = p.name if p.name.startswith(f"{p.kind} at 0x") else f"{p.kind} {p.name!r}"
+        c = p.contention
+        if c is not None:
+            head += (
+                f"  [{c.acquisitions} acquisitions, {c.contended} contended, "
+                f"max wait {_ago(c.max_wait)}]"
+            )
+        lines.append(head)
+        for h in p.holders:
+            line = f"    held    {h.mode:<10} by task {h.task!r}"
+            if h.since is not None:
+                line += f" for {_ago(max(0.0, now - h.since))}"
+            if h.site:
+                line += f" at {h.site}"
+            lines.append(line)
+        for w in p.waiters:
+            line = f"    waiting {w.mode:<10} task {w.task!r} for {_ago(w.waited)}"
+            if w.site:
+                line += f" at {w.site}"
+            lines.append(line)
+    print("\n".join(lines), file=out)
+
+
+def _enable_from_environment(value: str) -> None:
+    choice = value.strip().lower()
+    if choice in ("", "0", "false", "no", "off"):
+        return
+    if choice in ("1", "true", "yes", "on", "raise"):
+        enable(on_inversion="raise")
+    elif choice == "warn":
+        enable(on_inversion="warn")
+    else:
+        raise ValueError(f"AIOLOCKS_DEBUG must be 1 (or raise), warn, or 0, not {value!r}")
