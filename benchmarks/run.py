@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/run.py [--quick] [--json PATH] [--markdown PATH] [--report DIR]
-                             [--only NAME ...]
+                             [--debug] [--only NAME ...]
 
 Every scenario measures its candidates interleaved, each sample in a fresh event loop, and
 reports per-op costs plus ratios against the peer named in the target, computed within this
@@ -187,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         help="write DIR/report.md and PNG plots (needs matplotlib)",
     )
     parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="measure aiolocks with aiolocks.debug.enable() on (lock-order checking, cycles)",
+    )
+    parser.add_argument(
         "--only",
         nargs="+",
         metavar="NAME",
@@ -196,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     cfg = Config(quick=args.quick)
+    if args.debug:
+        import aiolocks.debug
+
+        aiolocks.debug.enable()
     scenarios = [n for n, _ in SCENARIOS if not args.only or n in args.only]
     load_before = _loadavg()
     col = Collector()
@@ -225,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         "aiorwlock": _version("aiorwlock"),
         "uvloop": _version("uvloop"),
         "quick": cfg.quick,
+        "aiolocks_debug": bool(args.debug),
         "scenarios": scenarios,
         "seconds": seconds,
         "loadavg_before": load_before,

@@ -303,9 +303,11 @@ class Condition:
         return []  # its lock reports the holders
 
     def _debug_waiters(self) -> list[tuple[Waiter, str]]:
+        return [(w, self._debug_mode(w)) for w in self._q]
+
+    def _debug_mode(self, waiter: Waiter) -> str:
         kind = self._kind
-        mode = "read" if kind == _READER else "write" if kind == _WRITER else "exclusive"
-        return [(w, mode) for w in self._q]
+        return "read" if kind == _READER else "write" if kind == _WRITER else "exclusive"
 
     def _debug_blockers(self, task: Any, mode: str, waiter: Waiter | None = None) -> list[Any]:
         return []  # a sleeper waits for a notify(), which no lock state predicts

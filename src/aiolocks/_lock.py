@@ -304,14 +304,18 @@ class Lock:
     def _debug_waiters(self) -> list[tuple[Waiter, str]]:
         return [(w, "exclusive") for w in self._q] if self._q is not None else []
 
+    def _debug_mode(self, waiter: Waiter) -> str:
+        return "exclusive"
+
     def _debug_blockers(self, task: Any, mode: str, waiter: Waiter | None = None) -> list[Any]:
-        """The tasks a request of ``task`` waits for: the owner and everyone queued ahead."""
+        """The tasks a request of ``task`` waits for: the owner.
+
+        Everyone queued ahead waits for the owner too, so naming it is enough for a cycle
+        search (and keeps the search linear in the number of tasks).
+        """
         if self._owner is None or self._owner is task:
             return []
-        ahead = list(self._q) if self._q is not None else []
-        if waiter is not None and waiter in ahead:
-            ahead = ahead[: ahead.index(waiter)]
-        return [self._owner, *(w.task for w in ahead)]
+        return [self._owner]
 
     def _check_invariants(self) -> None:
         q = self._q

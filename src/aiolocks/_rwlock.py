@@ -748,7 +748,10 @@ class RWLock:
         if s.upgrading is not None:
             waiters.append(s.upgrading)
         waiters.sort(key=lambda w: w.ticket)
-        return [(w, "write" if w.mode == UPGRADE else _MODE_NAMES[w.mode]) for w in waiters]
+        return [(w, self._debug_mode(w)) for w in waiters]
+
+    def _debug_mode(self, waiter: Waiter) -> str:
+        return "write" if waiter.mode == UPGRADE else _MODE_NAMES[waiter.mode]
 
     def _debug_blockers(self, task: Any, mode: str, waiter: Waiter | None = None) -> list[Any]:
         """The tasks a request of ``task`` (or its queued ``waiter``) waits for; ``[]`` if none.

@@ -229,13 +229,6 @@ def _target(view: Any) -> Any:
 # -- wait-for cycles -----------------------------------------------------------------------------
 
 
-def _mode_of(home: Any, waiter: Any) -> str:
-    for w, mode in home._debug_waiters():
-        if w is waiter:
-            return str(mode)
-    return "?"
-
-
 def _find_cycle(
     task: Any, prim: Any, mode: str, blockers: list[Any], waiting: dict[Any, Any]
 ) -> list[tuple[Any, Any, str, Any]] | None:
@@ -266,7 +259,7 @@ def _find_cycle(
         if waiter is None or waiter.state != _queue.WAITING:
             continue
         home = waiter.home
-        nxt = (blocker, home, _mode_of(home, waiter), home._debug_blockers(blocker, "", waiter))
+        nxt = (blocker, home, home._debug_mode(waiter), home._debug_blockers(blocker, "", waiter))
         parent[id(blocker)] = (step, blocker)
         stack.extend((nxt, b) for b in nxt[3])
     return None
@@ -755,7 +748,7 @@ def _deadlocks() -> list[str]:
             continue
         home = w.home
         chain = _find_cycle(
-            task, home, _mode_of(home, w), home._debug_blockers(task, "", w), waiting
+            task, home, home._debug_mode(w), home._debug_blockers(task, "", w), waiting
         )
         if chain is not None:
             covered.update(id(step[0]) for step in chain)
