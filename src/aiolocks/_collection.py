@@ -31,23 +31,28 @@ _STRATEGIES = ("ordered", "retry")
 class _Member:
     """One member lock and how to take it: the same four operations for every kind of lock."""
 
-    __slots__ = ("acquire", "acquire_nowait", "ident", "lock", "release", "shared")
+    __slots__ = ("acquire", "acquire_nowait", "batch", "ident", "lock", "release", "shared")
 
     def __init__(self, lock: Any) -> None:
-        if not callable(getattr(lock, "acquire", None)) or not callable(
-            getattr(lock, "release", None)
-        ):
+        self.lock = lock
+        self.batch: Any = None
+        self.ident: Any = lock  # the underlying lock: what the order and duplicates go by
+        self.shared = False
+        self.acquire: Callable[[], Awaitable[Any]] = getattr(lock, "acquire", None)  # type: ignore[assignment]
+        self.acquire_nowait: Callable[[], Any] = getattr(lock, "acquire_nowait", None)  # type: ignore[assignment]
+        self.release: Callable[[], Any] = getattr(lock, "release", None)  # type: ignore[assignment]
+        remote = getattr(lock, "_collection_member", None)
+        if remote is not None:
+            # A lock that lives outside the process (aiolocks.postgres): its lock space takes
+            # a whole collection in one request, in its own global order (its keys).
+            self.batch, self.ident, self.shared = remote()
+            return
+        if not callable(self.acquire) or not callable(self.release):
             raise TypeError(
                 "LockCollection members must be aiolocks.Lock, rw.reader, rw.writer, or an "
                 f"anyio, trio or asyncio Lock, not {type(lock).__module__}."
                 f"{type(lock).__qualname__}"
             )
-        self.lock = lock
-        self.ident: Any = lock  # the underlying lock: what the order and duplicates go by
-        self.shared = False
-        self.acquire: Callable[[], Awaitable[Any]] = lock.acquire
-        self.acquire_nowait: Callable[[], Any]
-        self.release: Callable[[], Any] = lock.release
         if isinstance(lock, (ReadLock, WriteLock)):
             self.ident = lock._rw
             self.shared = isinstance(lock, ReadLock)
@@ -247,18 +252,27 @@ class LockCollection:
         if not locks:
             raise ValueError("LockCollection needs at least one lock")
         members = [_Member(lock) for lock in locks]
+        spaces = {id(m.batch) for m in members}
+        if len(spaces) > 1:
+            raise ValueError(
+                "LockCollection: locks of a PostgresLocks can only be collected with locks of "
+                "the same PostgresLocks (they are taken together, in one request to its server)"
+            )
         self._read_only = all(m.shared for m in members)
         if not self._read_only:
-            first: dict[int, Any] = {}
+            first: dict[Any, Any] = {}
             for member in members:
-                other = first.setdefault(id(member.ident), member.lock)
+                ident = member.ident if member.batch is not None else id(member.ident)
+                other = first.setdefault(ident, member.lock)
                 if other is not member.lock or sum(m.lock is other for m in members) > 1:
                     raise ValueError(
                         f"LockCollection: {member.lock!r} and {other!r} name the same lock; a "
                         "task cannot hold it twice through one collection"
                     )
         self._given = members
-        self._ordered = sorted(members, key=lambda m: id(m.ident))
+        self._ordered = sorted(
+            members, key=lambda m: m.ident if m.batch is not None else id(m.ident)
+        )
         self._strategy = strategy
 
     @property
@@ -319,7 +333,11 @@ class LockCollection:
         key._claim()
         held: list[_Member] = []
         try:
-            if self._strategy == "ordered":
+            batch = self._ordered[0].batch
+            if batch is not None:  # all or nothing in one request: no strategy needed
+                await batch._acquire_many([(m.lock, m.shared) for m in self._ordered])
+                held.extend(self._ordered)
+            elif self._strategy == "ordered":
                 await self._acquire_ordered(held)
             else:
                 await self._acquire_retrying(held)

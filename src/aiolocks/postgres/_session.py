@@ -1,0 +1,475 @@
+"""An anyio-native PostgreSQL session over psycopg 3's low-level ``psycopg.pq`` API.
+
+Neither asyncpg nor psycopg's ``AsyncConnection`` runs under trio, and the latter closes the
+connection on most cancelled queries; this thin session runs on asyncio (also uvloop) and trio.
+
+The connection is in pipeline mode: every statement is sent as Parse/Bind/Execute + Sync, so
+a statement can be *sent* at any time without waiting for the results of earlier ones (a
+synchronous ``release()`` sends its unlock and returns; whoever uses the session next reads
+the result).  Results come back in order; each statement's end is its ``PIPELINE_SYNC``.
+
+Invariants:
+    _pending holds one entry per statement sent and not yet read, oldest first
+    reading is True while a task awaits results; nobody else touches the socket then
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import time
+from collections import deque
+from collections.abc import Awaitable, Sequence
+from typing import Any, Callable, final
+
+import anyio
+import anyio.to_thread
+from psycopg import OperationalError, pq
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+__all__ = ["Pending", "ServerError", "Session", "SessionLost"]
+
+_TUPLES_OK = pq.ExecStatus.TUPLES_OK
+_COMMAND_OK = pq.ExecStatus.COMMAND_OK
+_PIPELINE_SYNC = pq.ExecStatus.PIPELINE_SYNC
+_FATAL_ERROR = pq.ExecStatus.FATAL_ERROR
+_PIPELINE_ABORTED = pq.ExecStatus.PIPELINE_ABORTED
+_CONN_OK = pq.ConnStatus.OK
+_SQLSTATE = pq.DiagnosticField.SQLSTATE
+_PRIMARY = pq.DiagnosticField.MESSAGE_PRIMARY
+_DETAIL = pq.DiagnosticField.MESSAGE_DETAIL
+
+#: Session settings needing PostgreSQL 14+ (an older server refuses unknown startup options).
+_PG14_SETTINGS = ("idle_session_timeout", "client_connection_check_interval")
+
+
+class ServerError(RuntimeError):
+    """PostgreSQL answered a statement of a lock session with an error.
+
+    Seen only for unexpected server-side failures (a statement cancelled by an administrator,
+    missing privileges for the names table, ...); a deadlock between sessions is reported as
+    :class:`aiolocks.DeadlockError` instead.
+
+    Attributes:
+        sqlstate: the five-character SQLSTATE code.
+        message: the primary error message.
+        detail: the error's detail, or "".
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, sqlstate: str, message: str, detail: str) -> None:
+        super().__init__(f"{message} (SQLSTATE {sqlstate})" + (f": {detail}" if detail else ""))
+        self.sqlstate = sqlstate
+        self.message = message
+        self.detail = detail
+
+
+class SessionLost(ConnectionError):
+    """A lock session's connection failed: the server is unreachable or ended the session.
+
+    Raised by an acquisition that could not reach the server (nothing is held then); a hold
+    whose session is lost is reported with :class:`aiolocks.LockLostError` instead, which
+    carries this as its cause.
+
+    .. versionadded:: 0.1
+    """
+
+
+Waiters = tuple[Any, Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]
+
+
+def _fd_waiters(fd: int) -> Waiters:
+    """anyio >= 4.7 waits on a file descriptor."""
+    return None, lambda: anyio.wait_readable(fd), lambda: anyio.wait_writable(fd)
+
+
+def _socket_waiters(fd: int) -> Waiters:
+    """Older anyio waits on a socket object: one over a duplicate of the descriptor."""
+    sock = socket.socket(fileno=os.dup(fd))
+
+    async def wait_read() -> None:
+        await anyio.wait_socket_readable(sock)
+
+    async def wait_write() -> None:
+        await anyio.wait_socket_writable(sock)
+
+    return sock, wait_read, wait_write
+
+
+#: ``_waiters(fd) -> (socket to close or None, wait_readable, wait_writable)``
+_waiters = _fd_waiters if hasattr(anyio, "wait_readable") else _socket_waiters
+
+
+@final
+class Pending:
+    """One statement sent on a session, until its results are read."""
+
+    __slots__ = ("done", "error", "on_done", "prepares", "result")
+
+    def __init__(self, on_done: Callable[[Pending], None] | None) -> None:
+        self.prepares: bytes | None = None  # the statement it prepares, until that worked
+        self.done = False
+        self.result: pq.abc.PGresult | None = None
+        self.error: BaseException | None = None
+        self.on_done = on_done
+
+    def value(self, col: int = 0) -> bytes | None:
+        """The first row's column ``col`` (raises the statement's error)."""
+        if self.error is not None:
+            raise self.error
+        res = self.result
+        if res is None or res.ntuples == 0:
+            return None
+        return res.get_value(0, col)
+
+
+def build_conninfo(dsn: str, application_name: str, settings: dict[str, str]) -> str:
+    """The DSN plus our session settings, all sent in the startup packet (no extra round trip)."""
+    params = conninfo_to_dict(dsn)
+    options = str(params.get("options") or "")
+    ours = " ".join(f"-c {k}={v}" for k, v in settings.items())
+    return make_conninfo(
+        dsn,
+        application_name=application_name,
+        options=f"{options} {ours}".strip(),
+        keepalives="1",
+        keepalives_idle=params.get("keepalives_idle") or "10",
+        keepalives_interval=params.get("keepalives_interval") or "5",
+        keepalives_count=params.get("keepalives_count") or "3",
+    )
+
+
+@final
+class Session:
+    """One private server session (connection) in nonblocking pipeline mode."""
+
+    __slots__ = (
+        "__weakref__",
+        "_pending",
+        "_prepared",
+        "_read",
+        "_sock",
+        "_write",
+        "app_name",
+        "closed",
+        "fd",
+        "needs_flush",
+        "owner",
+        "pgconn",
+        "pid",
+        "reading",
+        "server_version",
+    )
+
+    def __init__(self, pgconn: pq.abc.PGconn, app_name: str) -> None:
+        self.pgconn = pgconn
+        self.fd = pgconn.socket
+        self._sock, self._read, self._write = _waiters(self.fd)
+        self._pending: deque[Pending] = deque()
+        self._prepared: dict[bytes, bytes] = {}  # statement -> name of its prepared form
+        self.reading = False
+        self.needs_flush = False
+        self.closed = False
+        self.app_name = app_name
+        self.owner: Any = None  # the task its application_name was last set for
+        self.pid = pgconn.backend_pid
+        self.server_version = pgconn.server_version
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{len(self._pending)} pending"
+        return f"<aiolocks.postgres session pid={self.pid} {state}>"
+
+    # -- connecting -----------------------------------------------------------------------------
+
+    @classmethod
+    async def connect(
+        cls, dsn: str, app_name: str, settings: dict[str, str], timeout: float = 30.0
+    ) -> Session:
+        """Open a session without blocking the event loop (libpq's asynchronous connect)."""
+        try:
+            return await cls._connect(build_conninfo(dsn, app_name, settings), app_name, timeout)
+        except SessionLost as exc:
+            if "unrecognized configuration parameter" not in str(exc):
+                raise
+        # PostgreSQL < 14: drop the settings it does not know
+        old = {k: v for k, v in settings.items() if k not in _PG14_SETTINGS}
+        return await cls._connect(build_conninfo(dsn, app_name, old), app_name, timeout)
+
+    @classmethod
+    def connect_blocking(
+        cls, dsn: str, app_name: str, settings: dict[str, str], timeout: float
+    ) -> Session:
+        """Open a session, blocking the calling thread (for ``acquire_nowait()``)."""
+        try:
+            return cls._connect_sync(build_conninfo(dsn, app_name, settings), app_name, timeout)
+        except SessionLost as exc:
+            if "unrecognized configuration parameter" not in str(exc):
+                raise
+        old = {k: v for k, v in settings.items() if k not in _PG14_SETTINGS}
+        return cls._connect_sync(build_conninfo(dsn, app_name, old), app_name, timeout)
+
+    @classmethod
+    async def _connect(cls, conninfo: str, app_name: str, timeout: float) -> Session:
+        pgconn = pq.PGconn.connect_start(conninfo.encode())
+        try:
+            with anyio.move_on_after(timeout):
+                while True:
+                    step = _connect_step(pgconn)
+                    if step is None:
+                        return cls(pgconn, app_name)
+                    await _wait_fd(pgconn.socket, read=step)
+            raise SessionLost(f"cannot connect to PostgreSQL: no answer in {timeout:g} s")
+        except BaseException:
+            pgconn.finish()
+            raise
+
+    @classmethod
+    def _connect_sync(cls, conninfo: str, app_name: str, timeout: float) -> Session:
+        pgconn = pq.PGconn.connect_start(conninfo.encode())
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                step = _connect_step(pgconn)
+                if step is None:
+                    return cls(pgconn, app_name)
+                if not _select(pgconn.socket, step, deadline - time.monotonic()):
+                    raise SessionLost(f"cannot connect to PostgreSQL: no answer in {timeout:g} s")
+        except BaseException:
+            pgconn.finish()
+            raise
+
+    # -- sending (synchronous, never blocks) ----------------------------------------------------
+
+    def send(
+        self,
+        sql: bytes,
+        params: Sequence[bytes | None] | None = None,
+        on_done: Callable[[Pending], None] | None = None,
+        *,
+        prepared: bool = False,
+    ) -> Pending:
+        """Send one statement; its results are read later, in order.
+
+        With ``prepared``, the statement is prepared on the session the first time (in the
+        same round trip) and then only bound and executed: the server skips parsing and
+        planning, which is a large part of a lock statement's cost.
+
+        Raises:
+            SessionLost: the connection is closed or broken.
+        """
+        if self.closed:
+            raise SessionLost("the session is closed")
+        pgconn = self.pgconn
+        pending = Pending(on_done)
+        try:
+            if prepared:
+                name = self._prepared.get(sql)
+                if name is None:
+                    name = self._prepared[sql] = b"aiolocks_%d" % len(self._prepared)
+                    pgconn.send_prepare(name, sql)
+                    pending.prepares = sql
+                pgconn.send_query_prepared(name, params)
+            else:
+                pgconn.send_query_params(sql, params)
+            pgconn.pipeline_sync()
+            self.needs_flush = pgconn.flush() != 0
+        except OperationalError as exc:
+            self._broken(exc)
+            raise SessionLost(str(exc)) from exc
+        self._pending.append(pending)
+        return pending
+
+    @property
+    def oldest(self) -> Pending:
+        """The oldest statement still waiting for its results (the session must not be idle)."""
+        return self._pending[0]
+
+    @property
+    def idle(self) -> bool:
+        """No statement awaits its results."""
+        return not self._pending
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def poll(self) -> None:
+        """Read whatever results have already arrived, without waiting (zero round trips).
+
+        A terminated backend has sent its FATAL message or closed the socket: that shows here.
+
+        Raises:
+            SessionLost: the connection is broken (it is closed; pending statements fail).
+        """
+        if self.closed:
+            raise SessionLost("the session is closed")
+        try:
+            if self.needs_flush:
+                self.needs_flush = self.pgconn.flush() != 0
+            self.pgconn.consume_input()
+            if not self._pending:
+                # A terminated backend sends FATAL, then closes: a second read sees the close.
+                self.pgconn.consume_input()
+            self._take_results()
+        except OperationalError as exc:
+            self._broken(exc)
+            raise SessionLost(str(exc)) from exc
+        if self.pgconn.status != _CONN_OK:
+            exc2 = SessionLost(_error_text(self.pgconn) or "the connection is broken")
+            self._broken(exc2)
+            raise exc2
+
+    def _take_results(self) -> None:
+        pgconn = self.pgconn
+        pending = self._pending
+        while pending and not pgconn.is_busy():
+            res = pgconn.get_result()
+            if res is None:
+                continue
+            status = res.status
+            head = pending[0]
+            if status == _PIPELINE_SYNC:
+                pending.popleft()
+                head.done = True
+                if head.prepares is not None:
+                    self._prepared.pop(head.prepares, None)  # it failed: prepare it next time
+                if head.on_done is not None:
+                    head.on_done(head)
+            elif status == _FATAL_ERROR:
+                if head.error is None:
+                    head.error = ServerError(
+                        (res.error_field(_SQLSTATE) or b"").decode(),
+                        (res.error_field(_PRIMARY) or b"").decode(errors="replace"),
+                        (res.error_field(_DETAIL) or b"").decode(errors="replace"),
+                    )
+            elif status == _COMMAND_OK and head.prepares is not None:
+                head.prepares = None  # the prepare's own result: it worked
+            elif status != _PIPELINE_ABORTED:
+                head.result = res
+
+    async def wait(self, target: Pending) -> Pending:
+        """Wait until ``target`` (and every statement sent before it) has its results.
+
+        Cancellable: a cancellation leaves the session consistent (unread results stay queued)
+        but the statement keeps running on the server; see :meth:`cancel_running`.
+
+        Raises:
+            SessionLost: the connection broke.
+        """
+        if target.done:
+            return target
+        self.reading = True
+        try:
+            while True:
+                self.poll()
+                if target.done:
+                    return target
+                if self.needs_flush:
+                    await self._write()
+                else:
+                    await self._read()
+        finally:
+            self.reading = False
+
+    def wait_blocking(self, target: Pending | None, timeout: float) -> None:
+        """Like :meth:`wait` (``None``: every statement sent), blocking the thread.
+
+        Raises:
+            SessionLost: the connection broke.
+            TimeoutError: no results within ``timeout`` seconds (the statements still run).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            self.poll()
+            if target.done if target is not None else not self._pending:
+                return
+            if not _select(self.fd, not self.needs_flush, deadline - time.monotonic()):
+                raise TimeoutError(f"no answer from PostgreSQL in {timeout:g} s")
+
+    async def execute(self, sql: bytes, params: Sequence[bytes | None] | None = None) -> Pending:
+        """Send a statement and wait for its results (see :meth:`wait`)."""
+        return await self.wait(self.send(sql, params))
+
+    async def drain(self) -> None:
+        """Read the results of every statement sent so far."""
+        if self._pending:
+            await self.wait(self._pending[-1])
+
+    async def cancel_running(self) -> None:
+        """Ask the server to cancel the statement it is running for us (if any).
+
+        Blocking libpq call, run in a worker thread; call shielded, then :meth:`drain`.
+        """
+        if self.closed or not self._pending:
+            return
+        cancel = self.pgconn.get_cancel()
+        await anyio.to_thread.run_sync(cancel.cancel, abandon_on_cancel=True)
+
+    # -- closing ----------------------------------------------------------------------------------
+
+    def _broken(self, exc: BaseException) -> None:
+        self.close(SessionLost(f"the connection to PostgreSQL was lost: {exc}"))
+
+    def close(self, reason: BaseException | None = None) -> None:
+        """Close the connection (the server then releases everything it held)."""
+        if self.closed:
+            return
+        self.closed = True
+        error = reason or SessionLost("the session was closed")
+        pending, self._pending = self._pending, deque()
+        for p in pending:
+            p.done = True
+            p.error = error
+            if p.on_done is not None:
+                p.on_done(p)
+        if self.reading and hasattr(anyio, "notify_closing"):
+            # another task waits on the descriptor (aclose() during an acquire): wake it
+            # (ClosedResourceError) before the descriptor goes away under it
+            try:
+                anyio.notify_closing(self._sock if self._sock is not None else self.fd)
+            except Exception:  # pragma: no cover - no event loop (closing from elsewhere)
+                pass
+        if self._sock is not None:
+            self._sock.close()
+        try:
+            self.pgconn.finish()
+        except Exception:  # pragma: no cover - finishing never fails in practice
+            pass
+
+
+def _connect_step(pgconn: pq.abc.PGconn) -> bool | None:
+    """Advance a libpq connect: None when done, else True to wait for reading, False for
+    writing.  Sets up the finished connection (nonblocking, pipeline mode)."""
+    status = pgconn.connect_poll()
+    if status == pq.PollingStatus.OK:
+        pgconn.nonblocking = 1
+        pgconn.enter_pipeline_mode()
+        return None
+    if status == pq.PollingStatus.READING:
+        return True
+    if status == pq.PollingStatus.WRITING:
+        return False
+    raise SessionLost(f"cannot connect to PostgreSQL: {_error_text(pgconn)}")
+
+
+def _error_text(pgconn: pq.abc.PGconn) -> str:
+    # PGconn.error_message (bytes) exists in every psycopg 3; get_error_message() only in 3.2+
+    return pgconn.error_message.decode("utf-8", "replace").strip()
+
+
+def _select(fd: int, read: bool, timeout: float) -> bool:
+    """Block until ``fd`` is ready; False on timeout."""
+    if timeout <= 0:
+        return False
+    r, w, _ = select.select([fd] if read else [], [] if read else [fd], [], timeout)
+    return bool(r or w)
+
+
+async def _wait_fd(fd: int, *, read: bool) -> None:
+    """Wait for a file descriptor that may change between calls (while connecting)."""
+    sock, wait_read, wait_write = _waiters(fd)
+    try:
+        await (wait_read() if read else wait_write())
+    finally:
+        if sock is not None:
+            sock.close()
