@@ -637,3 +637,20 @@ async def test_keyed_tables_name_their_locks_by_key(debug_off: None) -> None:
         assert "'users[42]'" in repr(table[42])
     with pytest.raises(TypeError, match="name must be a str"):
         aiolocks.KeyedLock(name=3)  # type: ignore[arg-type]
+
+
+async def test_snapshot_ignores_other_users_of_the_task_machinery(debug_off: None) -> None:
+    # aiolocks.postgres (and other internal users) bind to event loops the same way as the
+    # primitives; they must not appear in, or break, snapshot().
+    class Bound:
+        _loop: Any = None
+
+        def _in_use(self) -> bool:
+            return False
+
+    from aiolocks import _backend
+
+    keep = Bound()
+    _backend.resolve_task(keep)
+    assert keep not in _backend.LIVE
+    dbg.snapshot()

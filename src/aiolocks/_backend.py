@@ -127,7 +127,8 @@ def resolve_task(prim: Bindable) -> Any:
                     "(aiolocks primitives are not thread-safe)"
                 )
             prim._loop = loop
-            LIVE.add(prim)
+            if hasattr(prim, "_debug_kind"):  # an aiolocks primitive (not a user of resolve_task)
+                LIVE.add(prim)
         return task
     if trio is not None:
         _trio_current_task = trio.lowlevel.current_task
@@ -143,7 +144,8 @@ def resolve_task(prim: Bindable) -> Any:
                         "used from trio at the same time"
                     )
                 prim._loop = TRIO
-                LIVE.add(prim)
+                if hasattr(prim, "_debug_kind"):
+                    LIVE.add(prim)
             return task
     raise RuntimeError(f"{prim!r} must be used from a running asyncio or trio task")
 
