@@ -33,26 +33,32 @@ class _Member:
 
     __slots__ = ("acquire", "acquire_nowait", "batch", "ident", "lock", "release", "shared")
 
+    acquire: Callable[[], Awaitable[Any]]
+    acquire_nowait: Callable[[], Any]
+    release: Callable[[], Any]
+
     def __init__(self, lock: Any) -> None:
         self.lock = lock
-        self.batch: Any = None
+        self.batch: Any = None  # the lock space of a lock outside the process (see below)
         self.ident: Any = lock  # the underlying lock: what the order and duplicates go by
         self.shared = False
-        self.acquire: Callable[[], Awaitable[Any]] = getattr(lock, "acquire", None)  # type: ignore[assignment]
-        self.acquire_nowait: Callable[[], Any] = getattr(lock, "acquire_nowait", None)  # type: ignore[assignment]
-        self.release: Callable[[], Any] = getattr(lock, "release", None)  # type: ignore[assignment]
-        remote = getattr(lock, "_collection_member", None)
-        if remote is not None:
-            # A lock that lives outside the process (aiolocks.postgres): its lock space takes
-            # a whole collection in one request, in its own global order (its keys).
-            self.batch, self.ident, self.shared = remote()
-            return
-        if not callable(self.acquire) or not callable(self.release):
+        if not callable(getattr(lock, "acquire", None)) or not callable(
+            getattr(lock, "release", None)
+        ):
             raise TypeError(
                 "LockCollection members must be aiolocks.Lock, rw.reader, rw.writer, or an "
                 f"anyio, trio or asyncio Lock, not {type(lock).__module__}."
                 f"{type(lock).__qualname__}"
             )
+        self.acquire = lock.acquire
+        self.release = lock.release
+        remote = getattr(lock, "_collection_member", None)
+        if remote is not None:
+            # A lock that lives outside the process (aiolocks.postgres): its lock space takes
+            # a whole collection in one request, in its own global order (its keys).
+            self.batch, self.ident, self.shared = remote()
+            self.acquire_nowait = lock.acquire_nowait
+            return
         if isinstance(lock, (ReadLock, WriteLock)):
             self.ident = lock._rw
             self.shared = isinstance(lock, ReadLock)

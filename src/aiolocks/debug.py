@@ -238,7 +238,7 @@ def _find_cycle(
     each task once, so thousands of waiters cost thousands of steps.
     """
     start = (task, prim, mode, blockers)
-    parent: dict[int, tuple[Any, Any]] = {}  # id(blocker) -> (step it came from, blocker)
+    parent: dict[int, tuple[Any, Any, str, list[Any]]] = {}  # id(blocker) -> step it came from
     stack: list[tuple[tuple[Any, Any, str, list[Any]], Any]] = [(start, b) for b in blockers]
     seen: set[int] = {id(task)}
     while stack:
@@ -247,7 +247,7 @@ def _find_cycle(
             chain = [(step[0], step[1], step[2], blocker)]
             t = step[0]
             while t is not task:
-                prev, _ = parent[id(t)]
+                prev = parent[id(t)]
                 chain.append((prev[0], prev[1], prev[2], t))
                 t = prev[0]
             chain.reverse()
@@ -260,7 +260,7 @@ def _find_cycle(
             continue
         home = waiter.home
         nxt = (blocker, home, home._debug_mode(waiter), home._debug_blockers(blocker, "", waiter))
-        parent[id(blocker)] = (step, blocker)
+        parent[id(blocker)] = step
         stack.extend((nxt, b) for b in nxt[3])
     return None
 
