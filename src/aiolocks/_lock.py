@@ -11,7 +11,7 @@ from anyio import BrokenResourceError, LockStatistics, WouldBlock
 from ._backend import READY, TRIO, resolve_task, task_info, task_of, unwatch, watch
 from ._common import check_flag, held_checkpoint, lock_broken, name_of, no_sync_with, set_name, who
 from ._exceptions import DeadlockError
-from ._queue import Waiter, WaitQueue, new_waiter
+from ._queue import WAITING, Waiter, WaitQueue, new_waiter
 
 __all__ = ["Lock"]
 
@@ -38,8 +38,7 @@ def _new_queue() -> _LockQueue:
 
 def _drop_queue(q: _LockQueue) -> None:
     if len(_SPARE) < 64:
-        q.items.clear()
-        q.live = 0
+        q.clear()
         q.watch_token = None
         _SPARE.append(q)
 
@@ -215,7 +214,7 @@ class Lock:
                 return
             self._owner = waiter.task
             if waiter.grant():
-                if q.live:
+                if q:
                     self._watch_owner(q)
                 elif not q.broken:
                     self._q = None
@@ -228,7 +227,7 @@ class Lock:
         q = self._q
         assert q is not None
         q.remove(waiter)
-        if not q.live and not q.broken:
+        if not q and not q.broken:
             if q.watch_token is not None:
                 unwatch(self._owner, q.watch_token)
             self._q = None
@@ -322,7 +321,7 @@ class Lock:
         if q is not None:
             assert self._owner is not None, "waiters queued behind no owner"
             assert len(q) > 0 or q.broken, "an empty queue is kept without being broken"
-            assert q.live == sum(1 for _ in q), "live count out of step with the queue"
+            assert all(w.state == WAITING and w.home is self for w in q), "a stale waiter queued"
             if len(q) and not q.broken:
                 assert q.watch_token is not None, "owner not watched while tasks wait"
 

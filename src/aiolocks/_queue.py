@@ -21,8 +21,8 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections import deque
-from collections.abc import Generator, Iterator
+from collections import OrderedDict
+from collections.abc import Generator
 from typing import Any, Protocol, Union, cast
 
 from ._backend import TRIO
@@ -173,70 +173,49 @@ class TrioWaiter(_WaiterBase):
 Waiter = Union[AsyncioWaiter, TrioWaiter]
 
 
-class WaitQueue:
-    """FIFO of waiters: O(1) append, O(1) amortised pop of the first, O(1) removal.
+class WaitQueue(OrderedDict[Waiter, None]):
+    """FIFO of waiters: O(1) append, pop of the first, and removal of any waiter.
 
-    Removal marks the waiter ``GONE`` and leaves a tombstone that pops skip; the deque is
-    compacted when tombstones outnumber live waiters, so a long-held lock with a stream of
-    timed-out waiters does not grow without bound.
+    An ``OrderedDict`` (as trio's ``ParkingLot``) rather than a deque with tombstones: a waiter
+    that leaves is really gone, so the queue never keeps a cancelled task (its frames, its
+    request's locals) reachable while the lock stays contended.  ``len(q)`` and ``bool(q)`` are
+    the C-level dict operations, so hot paths use them directly.
+
+    Invariant: every waiter in the queue is ``WAITING`` (on asyncio its future may already be
+    cancelled by ``Task.cancel()``; the waiter then leaves as soon as its task runs, and a
+    ``grant()`` to it fails meanwhile).
     """
 
-    __slots__ = ("items", "live")
-
-    def __init__(self) -> None:
-        self.items: deque[Waiter] = deque()  # live waiters and tombstones, in arrival order
-        self.live = 0  # waiters still WAITING
-
-    def __len__(self) -> int:
-        return self.live  # hot paths read .live directly: a Python __len__ costs a call
-
-    def __iter__(self) -> Iterator[Waiter]:
-        return (w for w in self.items if w.state == WAITING)
+    __slots__ = ()
 
     def append(self, waiter: Waiter) -> None:
-        self.items.append(waiter)
-        self.live += 1
+        self[waiter] = None
 
     def first(self) -> Waiter | None:
-        """The first live waiter, without removing it."""
-        items = self.items
-        while items:
-            w = items[0]
-            if w.state == WAITING:
-                return w
-            items.popleft()
+        """The first waiter, without removing it."""
+        for waiter in self:
+            return waiter
         return None
 
     def popleft(self) -> Waiter | None:
-        """Remove and return the first live waiter (still marked WAITING), or None."""
-        items = self.items
-        while items:
-            w = items.popleft()
-            if w.state == WAITING:
-                self.live -= 1
-                return w
+        """Remove and return the first waiter (still marked WAITING), or None."""
+        if self:
+            return self.popitem(last=False)[0]
         return None
 
     def pop_first(self) -> None:
         """Remove the waiter :meth:`first` just returned."""
-        self.items.popleft()
-        self.live -= 1
+        self.popitem(last=False)
 
     def remove(self, waiter: Waiter) -> None:
-        """Forget a queued waiter (it must be live and in this queue)."""
+        """Forget a queued waiter (it must be in this queue)."""
         waiter.state = GONE
-        self.live -= 1
-        items = self.items
-        if not self.live:
-            items.clear()
-        elif len(items) > 64 and len(items) > 4 * self.live:
-            self.items = deque(w for w in items if w.state == WAITING)
+        del self[waiter]
 
     def take_all(self) -> list[Waiter]:
-        """Remove and return every live waiter, in order."""
-        out = [w for w in self.items if w.state == WAITING]
-        self.items.clear()
-        self.live = 0
+        """Remove and return every waiter, in order."""
+        out = list(self)
+        self.clear()
         return out
 
 

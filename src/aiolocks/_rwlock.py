@@ -93,7 +93,7 @@ class _RWState:
         return _NO_LIMIT
 
     def has_waiters(self) -> bool:
-        return bool(self.rq.live or self.wq.live or self.upgrading is not None)
+        return bool(self.rq or self.wq or self.upgrading is not None)
 
 
 @final
@@ -486,7 +486,7 @@ class RWLock:
         if task in s.watched and not (self._readers and task in self._readers):
             unwatch(task, s.watched.pop(task))
         self._dispatch(s, True)
-        if not (s.rq.live or s.wq.live):
+        if not (s.rq or s.wq):
             self._maybe_idle(s)
 
     def _release_upgradable(self, task: Any) -> None:
@@ -554,7 +554,7 @@ class RWLock:
                 self._version += 1
                 return
             # its future was already cancelled: carry on as if it had never asked
-        if s.rq.live:
+        if s.rq:
             # After a write phase every waiting reader goes; otherwise only those that no
             # queued writer arrived before (a waiting writer holds back later readers).
             limit = _NO_LIMIT if phase_fair else s.first_writer_ticket()
@@ -570,27 +570,21 @@ class RWLock:
                 if w.grant():
                     readers[w.task] = 1
         wq = s.wq
-        while True:
-            items = wq.items
-            w = items[0] if items else None
-            if w is not None and w.state != WAITING:
-                w = wq.first()
-            if w is None:
-                break
+        while wq:
+            w = wq.first()
+            assert w is not None
             if w.mode == WRITE:
                 if self._readers or s.upg is not None:
                     break
-                items = wq.items  # first() may have rebuilt it
-                items.popleft()
-                wq.live -= 1
+                wq.pop_first()
                 s.qwriters -= 1
                 if w.grant():
                     self._writer = task = w.task
                     self._version += 1
-                    if (wq.live or s.rq.live) and task not in s.watched and not s.broken:
+                    if (wq or s.rq) and task not in s.watched and not s.broken:
                         s.watched[task] = watch(self._loop, task, self._holder_exited)
                     return
-                if s.rq.live and not phase_fair:
+                if s.rq and not phase_fair:
                     # A cancelled writer (its future already cancelled, so it will not come
                     # back to us) was holding back the readers queued after it: start over.
                     self._dispatch(s, False)
@@ -602,11 +596,11 @@ class RWLock:
                 if w.grant():
                     s.upg = w.task
                     break
-        if s.rq.live or s.wq.live or s.upgrading is not None:
+        if s.rq or s.wq or s.upgrading is not None:
             self._watch_holders(s)
 
     def _maybe_idle(self, s: _RWState) -> None:
-        if s.rq.live or s.wq.live or s.upgrading is not None:
+        if s.rq or s.wq or s.upgrading is not None:
             return
         if s.watched and not s.broken:
             for task, token in s.watched.items():
@@ -812,7 +806,7 @@ class RWLock:
         if s is None:
             return
         for q in (s.rq, s.wq):
-            assert q.live == sum(1 for _ in q), "live count out of step with the queue"
+            assert all(w.state == WAITING and w.home is self for w in q), "a stale waiter queued"
         assert all(w.mode == READ for w in s.rq)
         assert s.qwriters == sum(1 for w in s.wq if w.mode == WRITE), "queued writer count"
         if s.upgrading is not None:
