@@ -644,6 +644,7 @@ async def test_snapshot_ignores_other_users_of_the_task_machinery(debug_off: Non
     # primitives; they must not appear in, or break, snapshot().
     class Bound:
         _loop: Any = None
+        _tid = 0
 
         def _in_use(self) -> bool:
             return False

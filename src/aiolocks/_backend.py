@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import types
+from _thread import get_ident
 from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any, Callable, Protocol, cast
 from weakref import WeakSet
@@ -35,6 +36,7 @@ __all__ = [
     "Bindable",
     "asyncio_schedule_point",
     "current_task",
+    "get_ident",
     "resolve_task",
     "task_info",
     "task_name",
@@ -80,9 +82,23 @@ task_of: Callable[[Any], Any] = _make_task_of()
 
 
 class Bindable(Protocol):
-    """What :func:`resolve_task` needs of a primitive."""
+    """What :func:`resolve_task` needs of a primitive.
+
+    ``_loop`` is the event loop the primitive is bound to (or ``TRIO``), ``_tid`` the thread
+    that runs it.  Every fast path looks its task up as::
+
+        task = task_of(self._loop)
+        if task is None or self._tid != get_ident():
+            task = resolve_task(self)
+
+    The thread check is what makes ``task_of`` safe: the task it finds is the one running on
+    the bound loop, which is the caller only if the caller runs in that loop's thread.  Without
+    it, a call from another thread (a worker thread, or another thread's event loop) would be
+    taken for a call by whatever task the bound loop happens to be running.
+    """
 
     _loop: Any
+    _tid: int
 
     def _in_use(self) -> bool: ...
 
@@ -100,54 +116,67 @@ LIVE: WeakSet[Any] = WeakSet()
 
 
 def resolve_task(prim: Bindable) -> Any:
-    """Return the current task the slow way, binding ``prim`` to the current event loop.
+    """Return the current task the slow way, binding ``prim`` to the caller's event loop.
 
-    A primitive may move to another event loop only while nobody holds or waits for it (the
-    per-test event loop of pytest).  Moving while in use would strand a task of the other loop,
-    so it is refused.
+    The task is looked up on the caller's own event loop (in the caller's thread), never on the
+    loop ``prim`` is bound to.  A primitive may move to another event loop (or thread) only
+    while nobody holds or waits for it (the per-test event loop of pytest); moving while in use
+    would strand a task of the other loop, so it is refused with ``RuntimeError`` before
+    anything changes.
     """
-    global _trio_current_task
-    bound = prim._loop
-    if bound is TRIO:
+    tid = get_ident()
+    if prim._loop is TRIO and prim._tid == tid:  # the hot path of every trio caller
         try:
             return _trio_current_task()
         except RuntimeError:
             pass
-    trio = sys.modules.get("trio")
-    loop = asyncio._get_running_loop()
-    if loop is not None:
-        task = asyncio.current_task(loop)
+    loop: Any = asyncio._get_running_loop()
+    task = asyncio.current_task(loop) if loop is not None else None
+    if task is None:
+        # No asyncio task: trio, also when it runs as a guest inside an asyncio loop
+        # (trio.lowlevel.start_guest_run), where the host loop is running but no task of it.
+        task = _trio_task()
         if task is None:
-            raise RuntimeError(f"{prim!r} must be used from inside an asyncio task")
-        if bound is not loop:
-            if bound is not None and prim._in_use():
-                raise RuntimeError(
-                    f"{prim!r} is in use by tasks of another event loop; a lock can move to a "
-                    "new event loop only while no task holds it or waits for it "
-                    "(aiolocks primitives are not thread-safe)"
-                )
-            prim._loop = loop
-            if hasattr(prim, "_debug_kind"):  # an aiolocks primitive (not a user of resolve_task)
-                LIVE.add(prim)
-        return task
-    if trio is not None:
-        _trio_current_task = trio.lowlevel.current_task
-        try:
-            task = _trio_current_task()
-        except RuntimeError:
-            pass
+            where = (
+                "inside an asyncio task" if loop is not None else "a running asyncio or trio task"
+            )
+            raise RuntimeError(f"{prim!r} must be used from {where}")
+        loop = TRIO
+    if prim._loop is not loop or prim._tid != tid:
+        _bind(prim, loop, tid)
+    return task
+
+
+def _trio_task() -> Any:
+    global _trio_current_task
+    trio = sys.modules.get("trio")
+    if trio is None:
+        return None
+    _trio_current_task = trio.lowlevel.current_task
+    try:
+        return _trio_current_task()
+    except RuntimeError:
+        return None
+
+
+def _bind(prim: Bindable, loop: Any, tid: int) -> None:
+    bound = prim._loop
+    if bound is not None and prim._in_use():
+        if bound is loop:
+            other = "another thread"
+        elif loop is TRIO:
+            other = "an asyncio event loop" if bound is not TRIO else "another trio run"
         else:
-            if bound is not TRIO:
-                if bound is not None and prim._in_use():
-                    raise RuntimeError(
-                        f"{prim!r} is in use by tasks of an asyncio event loop and cannot be "
-                        "used from trio at the same time"
-                    )
-                prim._loop = TRIO
-                if hasattr(prim, "_debug_kind"):
-                    LIVE.add(prim)
-            return task
-    raise RuntimeError(f"{prim!r} must be used from a running asyncio or trio task")
+            other = "trio" if bound is TRIO else "another event loop"
+        raise RuntimeError(
+            f"{prim!r} is in use by tasks of {other}; a lock can move to a new event loop or "
+            "thread only while no task holds it or waits for it (aiolocks primitives are not "
+            "thread-safe)"
+        )
+    prim._loop = loop
+    prim._tid = tid
+    if hasattr(prim, "_debug_kind"):  # an aiolocks primitive (not a user of resolve_task)
+        LIVE.add(prim)
 
 
 def current_task() -> Any:

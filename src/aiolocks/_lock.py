@@ -8,7 +8,7 @@ from typing import Any, final
 
 from anyio import BrokenResourceError, LockStatistics, WouldBlock
 
-from ._backend import READY, TRIO, resolve_task, task_info, task_of, unwatch, watch
+from ._backend import READY, TRIO, get_ident, resolve_task, task_info, task_of, unwatch, watch
 from ._common import check_flag, held_checkpoint, lock_broken, name_of, no_sync_with, set_name, who
 from ._exceptions import DeadlockError
 from ._queue import WAITING, Waiter, WaitQueue, new_waiter
@@ -80,14 +80,15 @@ class Lock:
     #   _q is not None    implies  _owner is not None   (waiters only queue behind an owner)
     #   _q is not None    implies  len(_q) > 0 or _q.broken
     #   _q.watch_token    is set while _q has waiters (so an exiting owner breaks the lock)
-    __slots__ = ("__weakref__", "_fast", "_loop", "_owner", "_q")
+    __slots__ = ("__weakref__", "_fast", "_loop", "_owner", "_q", "_tid")
 
     def __init__(self, *, fast_acquire: bool = False, name: str | None = None) -> None:
         self._fast = check_flag(fast_acquire, "fast_acquire")
         set_name(self, name)
         self._owner: Any = None
         self._q: _LockQueue | None = None
-        self._loop: Any = None
+        self._loop: Any = None  # the event loop (or TRIO) it is bound to
+        self._tid = 0  # the thread running that loop
 
     def __repr__(self) -> str:
         name = name_of(self)
@@ -104,7 +105,7 @@ class Lock:
 
     def __aenter__(self) -> Awaitable[None]:
         task = task_of(self._loop)
-        if task is None:
+        if task is None or self._tid != get_ident():
             task = resolve_task(self)
         if self._owner is None and self._q is None:
             self._owner = task
@@ -130,7 +131,7 @@ class Lock:
             DeadlockError: the calling task already holds the lock.
         """
         task = task_of(self._loop)
-        if task is None:
+        if task is None or self._tid != get_ident():
             task = resolve_task(self)
         if self._owner is None and self._q is None:
             self._owner = task
@@ -170,7 +171,12 @@ class Lock:
         tb: TracebackType | None,
     ) -> Awaitable[None]:
         owner = self._owner
-        if owner is not None and self._q is None and owner is task_of(self._loop):
+        if (
+            owner is not None
+            and self._q is None
+            and owner is task_of(self._loop)
+            and self._tid == get_ident()
+        ):
             self._owner = None
             return READY
         self.release()
@@ -186,7 +192,7 @@ class Lock:
             RuntimeError: the calling task does not hold the lock (nothing is changed).
         """
         task = task_of(self._loop)
-        if task is None:
+        if task is None or self._tid != get_ident():
             task = resolve_task(self)
         if self._owner is not task:
             if self._owner is None:
