@@ -362,7 +362,7 @@ class Condition:
         elif kind == _READER:
             rw = self._rw
             rw._readers[task] = 1
-            rw._release_read(task)
+            rw._release_read(task, keep_mark=True)
         else:
             self._lock.release()
 

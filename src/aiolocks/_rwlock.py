@@ -37,8 +37,8 @@ class RWLockStatistics:
     """A snapshot of an :class:`RWLock`.
 
     Attributes:
-        readers: tasks holding a read lock (the upgradable holder counts as a reader until it
-            upgrades).
+        readers: tasks holding a read lock: plain readers, the upgradable holder (until it
+            upgrades), and a writer that took read levels on top of its write hold.
         writer: the task holding the write lock, or None.
         readers_waiting: tasks queued for a read lock.
         writers_waiting: tasks queued for the write lock or the upgradable lock, plus a pending
@@ -60,6 +60,7 @@ class _RWState:
 
     __slots__ = (
         "broken",
+        "downgraded",
         "qwriters",
         "rq",
         "ticket",
@@ -84,6 +85,10 @@ class _RWState:
         self.wreads = 0  # read levels the writer took on top of its write hold
         self.broken = False  # a holder exited holding it
         self.watched: dict[Any, Any] = {}  # holder task -> token, while tasks wait
+        # Tasks whose read hold came from writer.downgrade(): one of their read levels stands
+        # for the write acquisition, so writer.release() (leaving ``async with rw.writer``)
+        # releases that level.
+        self.downgraded: set[Any] = set()
 
     def first_writer_ticket(self) -> float:
         if self.qwriters:
@@ -285,13 +290,13 @@ class RWLock:
         parts = []
         if self._writer is not None:
             parts.append(f"write-held by {who(self._writer)}")
-        readers = self._readers
-        if readers:
-            parts.append(f"{len(readers)} reader(s)")
         s = self._s
+        if s is not None and s.upg is not None and not s.upgraded:
+            parts.append(f"upgradable held by {who(s.upg)}")
+        readers = len(self._read_holders())
+        if readers:
+            parts.append(f"{readers} reader(s)")
         if s is not None:
-            if s.upg is not None and not s.upgraded:
-                parts.append(f"upgradable held by {who(s.upg)}")
             if s.rq:
                 parts.append(f"{len(s.rq)} reader(s) waiting")
             waiting = len(s.wq) + (s.upgrading is not None)
@@ -305,11 +310,9 @@ class RWLock:
     def statistics(self) -> RWLockStatistics:
         """Return a :class:`RWLockStatistics` snapshot."""
         s = self._s
-        readers = len(self._readers) if self._readers else 0
+        readers = len(self._read_holders())
         if s is None:
             return RWLockStatistics(readers, task_info(self._writer), 0, 0, self._version)
-        if s.upg is not None and not s.upgraded and not (self._readers and s.upg in self._readers):
-            readers += 1
         return RWLockStatistics(
             readers,
             task_info(self._writer),
@@ -317,6 +320,31 @@ class RWLock:
             len(s.wq) + (s.upgrading is not None),
             self._version,
         )
+
+    # -- who holds what: the one answer every inspection method uses ---------------------------
+
+    def _holders(self) -> list[tuple[Any, str]]:
+        """Every hold as ``(task, mode)``, mode ``"write"``, ``"upgradable"`` or ``"read"``.
+
+        A task appears once per kind of hold it has: a writer that took read levels on top of
+        its write hold holds ``"write"`` and ``"read"``; the upgradable holder holds
+        ``"upgradable"`` (a read hold that may become the write hold), and ``"read"`` as well if
+        it also took plain read levels.
+        """
+        out: list[tuple[Any, str]] = []
+        writer, s = self._writer, self._s
+        if writer is not None:
+            out.append((writer, "write"))
+            if s is not None and s.wreads:
+                out.append((writer, "read"))
+        if s is not None and s.upg is not None and not s.upgraded:
+            out.append((s.upg, "upgradable"))
+        out += [(task, "read") for task in self._readers or ()]
+        return out
+
+    def _read_holders(self) -> set[Any]:
+        """The tasks holding a read lock (the upgradable holder counts until it upgrades)."""
+        return {task for task, mode in self._holders() if mode != "write"}
 
     # -- deciding: grant now (True), wait (False), or refuse (raise) -------------------------
 
@@ -394,6 +422,7 @@ class RWLock:
 
     def _enter(self, task: Any, mode: int) -> Awaitable[None]:
         """The slow half of an acquire: an immediate grant, a refusal, or a wait."""
+        undo: Callable[[Any], None]
         if mode == READ:
             granted, undo = self._try_read(task), self._release_read
         elif mode == WRITE:
@@ -431,7 +460,9 @@ class RWLock:
 
     # -- releasing ---------------------------------------------------------------------------
 
-    def _release_read(self, task: Any) -> None:
+    def _release_read(self, task: Any, *, keep_mark: bool = False) -> None:
+        """Release one read level of ``task``.  ``keep_mark``: a Condition's ``wait()`` lets go
+        of the hold for a while; a hold that came from ``downgrade()`` stays marked as such."""
         readers = self._readers
         n = readers.get(task) if readers else None
         s = self._s
@@ -449,6 +480,8 @@ class RWLock:
             return
         del readers[task]
         if s is not None:
+            if s.downgraded and not keep_mark:
+                s.downgraded.discard(task)
             self._forget(s, task)
             if not readers:
                 self._dispatch(s, False)
@@ -456,6 +489,15 @@ class RWLock:
 
     def _release_write(self, task: Any, *, whole_upgrade: bool = False) -> None:
         if self._writer is not task:
+            s = self._s
+            if s is not None and task in s.downgraded:
+                # writer.downgrade() turned this write hold into a read hold: releasing the
+                # write hold (leaving ``async with rw.writer``) releases what it became.
+                s.downgraded.discard(task)
+                self._release_read(task)
+                if self._s is s:
+                    self._maybe_idle(s)
+                return
             held = (
                 "it is not write-held" if self._writer is None else f"{who(self._writer)} holds it"
             )
@@ -535,9 +577,11 @@ class RWLock:
                 readers[task] = extra
         else:
             readers[task] = 1 + extra
-        if s is not None:
-            self._dispatch(s, True)
-            self._maybe_idle(s)
+            if s is None:
+                s = self._s = _RWState()
+            s.downgraded.add(task)
+        self._dispatch(s, True)
+        self._maybe_idle(s)
 
     # -- hand-off ----------------------------------------------------------------------------
 
@@ -615,6 +659,7 @@ class RWLock:
             and not s.wreads
             and not s.broken
             and not s.watched
+            and not s.downgraded
         ):
             self._s = None
 
@@ -698,6 +743,7 @@ class RWLock:
         if s is None or not self._holds(s, task):
             return
         s.watched.pop(task, None)
+        s.downgraded.discard(task)
         s.broken = True
         message = self._broken_message(task)
         failed = s.wq.take_all()
@@ -727,14 +773,7 @@ class RWLock:
     _debug_kind = "RWLock"
 
     def _debug_holders(self) -> list[tuple[Any, str]]:
-        out: list[tuple[Any, str]] = []
-        s = self._s
-        if self._writer is not None:
-            out.append((self._writer, "write"))
-        if s is not None and s.upg is not None and s.upg is not self._writer:
-            out.append((s.upg, "upgradable"))
-        out += [(t, "read") for t in self._readers or () if s is None or t is not s.upg]
-        return out
+        return self._holders()
 
     def _debug_waiters(self) -> list[tuple[Waiter, str]]:
         s = self._s
@@ -968,8 +1007,9 @@ class ReadLock(_View):
         rw._release_read(task)
 
     def locked(self) -> bool:
-        """True if any task holds a read lock."""
-        return bool(self._rw._readers)
+        """True if any task holds a read lock (the upgradable holder and a writer that took
+        read levels on top of its write hold count)."""
+        return bool(self._rw._read_holders())
 
     def statistics(self) -> RWLockStatistics:
         """The whole lock's :class:`RWLockStatistics`."""
@@ -1027,6 +1067,8 @@ class WriteLock(_View):
     def release(self) -> None:
         """Release one write level of the calling task, handing the lock on if it was the last.
 
+        After :meth:`downgrade`, it releases the read level the write hold turned into.
+
         Raises:
             RuntimeError: the calling task does not hold the write lock (nothing is changed).
         """
@@ -1045,6 +1087,22 @@ class WriteLock(_View):
 
         Waiting readers are admitted at once; no writer is.  After ``rw.upgradable.upgrade()``
         it returns the caller to the upgradable hold instead.
+
+        The write acquisition now stands for the read hold it became: leaving its
+        ``async with rw.writer:`` block (or calling ``rw.writer.release()``) releases that read
+        level, so both of these end holding nothing::
+
+            async with rw.writer:
+                cache.update(await load())
+                rw.writer.downgrade()        # readers may come in; no writer can
+                await publish(cache)         # still reading a consistent cache
+
+            await rw.writer.acquire()
+            try:
+                rw.writer.downgrade()
+                ...
+            finally:
+                rw.writer.release()          # releases the read hold
 
         Raises:
             RuntimeError: the caller does not hold the write lock, or holds it re-entrantly.
