@@ -18,6 +18,7 @@ from typing import Any, Callable, final
 import anyio
 from anyio import WouldBlock
 
+from ._common import name_of, set_name
 from ._condition import Condition
 from ._keys import TaskKey
 from ._lock import Lock
@@ -84,7 +85,7 @@ class _Member:
 
 def _is_trio_lock(lock: object) -> bool:
     trio = sys.modules.get("trio")
-    return trio is not None and isinstance(lock, trio.Lock)
+    return trio is not None and isinstance(lock, (trio.Lock, trio.StrictFIFOLock))
 
 
 def _trio_lock_nowait(lock: Any) -> None:
@@ -132,9 +133,10 @@ class CollectionGuard:
     .. versionadded:: 0.1
     """
 
-    __slots__ = ("_held", "_key")
+    __slots__ = ("_coll", "_held", "_key")
 
-    def __init__(self, key: TaskKey, held: list[_Member]) -> None:
+    def __init__(self, coll: LockCollection, key: TaskKey, held: list[_Member]) -> None:
+        self._coll = coll
         self._key: TaskKey | None = key
         self._held = held
 
@@ -147,11 +149,13 @@ class CollectionGuard:
         """Release every lock and free the key.
 
         Raises:
-            RuntimeError: the guard was released already.
+            RuntimeError: the guard was released already, or the calling task is not the one
+                that took it (then nothing is released: all or nothing applies to releasing).
         """
         key = self._key
         if key is None:
-            raise RuntimeError("this CollectionGuard was released already")
+            raise RuntimeError(f"{self!r} was released already")
+        key._check_owner(f"release {self!r}")
         self._key = None
         try:
             _release_all(self._held)
@@ -160,7 +164,9 @@ class CollectionGuard:
 
     def __repr__(self) -> str:
         state = "released" if self._key is None else f"holding {len(self._held)} lock(s)"
-        return f"<aiolocks.CollectionGuard {state}>"
+        name = self._coll.name
+        of = f" of {name!r}" if name else ""
+        return f"<aiolocks.CollectionGuard{of} {state}>"
 
     async def __aenter__(self) -> CollectionGuard:
         return self
@@ -214,9 +220,11 @@ class _Locking:
 class LockCollection:
     """Several locks taken all at once, with a :class:`TaskKey`, without deadlocks.
 
-    Members may be :class:`aiolocks.Lock`, ``rw.reader``, ``rw.writer``, and anyio, trio or
-    asyncio locks, in any mix.  ``async with collection.lock(key) as guard`` takes every one, all
-    or nothing: cancelled or failing midway, it releases what it took.
+    Members may be :class:`aiolocks.Lock`, ``rw.reader``, ``rw.writer``, and anyio, trio
+    (``trio.Lock``, ``trio.StrictFIFOLock``) or asyncio locks, in any mix.
+    ``async with collection.lock(key) as guard`` takes every one, all or nothing: cancelled or
+    failing midway, it releases what it took.  Releasing is all or nothing too: only the task
+    that took the guard may release it.
 
     Two strategies:
 
@@ -243,8 +251,13 @@ class LockCollection:
             async with both.lock(TaskKey.get()):     # transfer(a, b) and (b, a) never deadlock
                 ...
 
+    Args:
+        locks: the member locks.
+        strategy: ``"ordered"`` or ``"retry"``.
+        name: shown in ``repr`` (the collection's and its guards').
+
     Raises:
-        TypeError: a member is not a supported lock.
+        TypeError: a member is not a supported lock, or ``name`` is not a str.
         ValueError: no members, a duplicate member, or an unknown strategy.
 
     .. versionadded:: 0.1
@@ -252,7 +265,7 @@ class LockCollection:
 
     __slots__ = ("__weakref__", "_given", "_ordered", "_read_only", "_strategy")
 
-    def __init__(self, *locks: Any, strategy: str = "ordered") -> None:
+    def __init__(self, *locks: Any, strategy: str = "ordered", name: str | None = None) -> None:
         if strategy not in _STRATEGIES:
             raise ValueError(f"strategy must be 'ordered' or 'retry', not {strategy!r}")
         if not locks:
@@ -280,6 +293,12 @@ class LockCollection:
             members, key=lambda m: m.ident if m.batch is not None else id(m.ident)
         )
         self._strategy = strategy
+        set_name(self, name)
+
+    @property
+    def name(self) -> str | None:
+        """The ``name=`` given to the collection, shown in ``repr`` and in its guards'."""
+        return name_of(self)
 
     @property
     def locks(self) -> tuple[Any, ...]:
@@ -297,7 +316,9 @@ class LockCollection:
         return self._strategy
 
     def __repr__(self) -> str:
-        return f"<aiolocks.LockCollection of {len(self._given)} lock(s), {self._strategy}>"
+        name = self.name
+        name = f" {name!r}" if name else ""
+        return f"<aiolocks.LockCollection{name} of {len(self._given)} lock(s), {self._strategy}>"
 
     def lock(self, key: TaskKey) -> _Locking:
         """Take every lock with ``key``: use as ``async with collection.lock(key) as guard``.
@@ -333,7 +354,7 @@ class LockCollection:
             finally:
                 key._in_use = False
             raise
-        return CollectionGuard(key, held)
+        return CollectionGuard(self, key, held)
 
     async def _acquire(self, key: TaskKey) -> CollectionGuard:
         key._claim()
@@ -353,7 +374,7 @@ class LockCollection:
             finally:
                 key._in_use = False
             raise
-        return CollectionGuard(key, held)
+        return CollectionGuard(self, key, held)
 
     async def _acquire_ordered(self, held: list[_Member]) -> None:
         # Take what is free without waiting, in the global order; from the first busy member

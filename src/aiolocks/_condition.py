@@ -83,7 +83,7 @@ class Condition:
 
     def __init__(self, lock: Any = None, *, name: str | None = None) -> None:
         if lock is None:
-            lock = Lock()
+            lock = Lock(name=name)  # its own lock is reported under the condition's name
         kinds = [kind for cls, kind in _KINDS if isinstance(lock, cls)]
         if not kinds:
             raise TypeError(

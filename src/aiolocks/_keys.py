@@ -79,3 +79,13 @@ class TaskKey:
                 "task needs into one LockCollection, or release the guard first"
             )
         self._in_use = True
+
+    def _check_owner(self, what: str) -> None:
+        """Refuse (``RuntimeError``) unless the calling task is the key's: only the task that
+        opened a guard may release it, as only a lock's holder may release the lock."""
+        task = current_task()
+        if self._task() is not task:
+            raise RuntimeError(
+                f"cannot {what} from task {task_name(task)!r}: only the task that took it "
+                f"({self._name!r}) may release it (nothing was released)"
+            )
