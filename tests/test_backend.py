@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import threading
+from _thread import get_ident
+from typing import Any, Callable
 
 import anyio
 import pytest
 
 import aiolocks
-from aiolocks._backend import READY, task_of
+from aiolocks._backend import READY, task_of, thread_mark
 
 
 def test_task_of_agrees_with_asyncio_current_task() -> None:
@@ -33,6 +35,25 @@ def test_task_of_is_none_outside_a_running_task() -> None:
         assert task_of(None) is None
     finally:
         loop.close()
+
+
+# Both ways of telling the loop's thread apart, whichever this Python uses (thread_mark): each
+# must be equal within the thread running a loop and differ in another thread running its own.
+@pytest.mark.parametrize("mark", [get_ident, asyncio._get_running_loop], ids=["ident", "loop"])
+def test_thread_mark_tells_the_loops_thread_apart(mark: Callable[[], Any]) -> None:
+    seen: dict[str, Any] = {}
+
+    async def record(who: str) -> None:
+        seen[who] = mark()
+        await asyncio.sleep(0)
+        assert mark() == seen[who]  # stable across awaits of one task
+
+    asyncio.run(record("main"))
+    thread = threading.Thread(target=lambda: asyncio.run(record("other")))
+    thread.start()
+    thread.join()
+    assert seen["main"] != seen["other"]
+    assert thread_mark in (get_ident, asyncio._get_running_loop)
 
 
 def test_ready_completes_without_yielding() -> None:

@@ -37,6 +37,7 @@ __all__ = [
     "asyncio_schedule_point",
     "current_task",
     "get_ident",
+    "thread_mark",
     "resolve_task",
     "task_info",
     "task_name",
@@ -81,14 +82,30 @@ def _make_task_of() -> Callable[[Any], Any]:
 task_of: Callable[[Any], Any] = _make_task_of()
 
 
+def _make_thread_mark() -> Callable[[], Any]:
+    # From 3.12 the running loop lives in the thread state: reading it is a few C instructions
+    # and returns the loop itself, which tells threads apart as well as an id.  Up to 3.11 it
+    # costs a getpid() system call, so the thread id is cheaper there (both are correct on
+    # every version; tests/test_backend.py checks both).
+    if sys.version_info >= (3, 12):
+        return cast("Callable[[], Any]", asyncio._get_running_loop)
+    return get_ident
+
+
+#: ``thread_mark()`` -> a value equal to the one recorded at binding (``prim._tid``) only in the
+#: thread running the loop the primitive is bound to.  See :class:`Bindable`.
+thread_mark: Callable[[], Any] = _make_thread_mark()
+
+
 class Bindable(Protocol):
     """What :func:`resolve_task` needs of a primitive.
 
-    ``_loop`` is the event loop the primitive is bound to (or ``TRIO``), ``_tid`` the thread
-    that runs it.  Every fast path looks its task up as::
+    ``_loop`` is the event loop the primitive is bound to (or ``TRIO``), ``_tid`` the
+    :func:`thread_mark` of the thread that runs it (for trio, the thread id).  Every fast path
+    looks its task up as::
 
         task = task_of(self._loop)
-        if task is None or self._tid != get_ident():
+        if task is None or self._tid != thread_mark():
             task = resolve_task(self)
 
     The thread check is what makes ``task_of`` safe: the task it finds is the one running on
@@ -98,7 +115,7 @@ class Bindable(Protocol):
     """
 
     _loop: Any
-    _tid: int
+    _tid: Any
 
     def _in_use(self) -> bool: ...
 
@@ -124,8 +141,7 @@ def resolve_task(prim: Bindable) -> Any:
     would strand a task of the other loop, so it is refused with ``RuntimeError`` before
     anything changes.
     """
-    tid = get_ident()
-    if prim._loop is TRIO and prim._tid == tid:  # the hot path of every trio caller
+    if prim._loop is TRIO and prim._tid == get_ident():  # the hot path of every trio caller
         try:
             return _trio_current_task()
         except RuntimeError:
@@ -142,6 +158,7 @@ def resolve_task(prim: Bindable) -> Any:
             )
             raise RuntimeError(f"{prim!r} must be used from {where}")
         loop = TRIO
+    tid = get_ident() if loop is TRIO else thread_mark()
     if prim._loop is not loop or prim._tid != tid:
         _bind(prim, loop, tid)
     return task
@@ -159,7 +176,7 @@ def _trio_task() -> Any:
         return None
 
 
-def _bind(prim: Bindable, loop: Any, tid: int) -> None:
+def _bind(prim: Bindable, loop: Any, tid: Any) -> None:
     bound = prim._loop
     if bound is not None and prim._in_use():
         if bound is loop:

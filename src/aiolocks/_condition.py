@@ -10,7 +10,7 @@ from typing import Any, Callable, TypeVar, final
 import anyio
 from anyio import BrokenResourceError
 
-from ._backend import READY, get_ident, resolve_task, task_of
+from ._backend import READY, resolve_task, task_of, thread_mark
 from ._common import add_sleeper, name_of, no_sync_with, set_name, who
 from ._lock import Lock
 from ._queue import GRANTED, Waiter, WaitQueue, new_waiter
@@ -97,7 +97,7 @@ class Condition:
         self._rw: Any = lock._rw if kind in (_WRITER, _READER) else None
         self._q = WaitQueue()
         self._loop: Any = None
-        self._tid = 0
+        self._tid: Any = None
         self._registered = False
 
     @property
@@ -169,7 +169,7 @@ class Condition:
                 task waited; it then does not hold the lock.
         """
         task = task_of(self._loop)
-        if task is None or self._tid != get_ident():
+        if task is None or self._tid != thread_mark():
             task = resolve_task(self)
         lock = self._lock
         plain = self._kind == _LOCK and lock._owner is task  # the common case, decided inline
@@ -240,7 +240,7 @@ class Condition:
         if n < 0:
             raise ValueError(f"notify(n): n must be >= 0, not {n}")
         task = task_of(self._loop)
-        if task is None or self._tid != get_ident():
+        if task is None or self._tid != thread_mark():
             task = resolve_task(self)
         if not (self._kind == _LOCK and self._lock._owner is task) and not self._holds(task):
             raise RuntimeError(f"notify() on {self!r} by {who(task)}, which does not hold its lock")
@@ -289,7 +289,7 @@ class Condition:
 
     def _me(self) -> Any:
         task = task_of(self._loop)
-        if task is None or self._tid != get_ident():
+        if task is None or self._tid != thread_mark():
             task = resolve_task(self)
         return task
 

@@ -8,7 +8,7 @@ from typing import Any, final
 
 from anyio import BrokenResourceError, LockStatistics, WouldBlock
 
-from ._backend import READY, TRIO, get_ident, resolve_task, task_info, task_of, unwatch, watch
+from ._backend import READY, TRIO, resolve_task, task_info, task_of, thread_mark, unwatch, watch
 from ._common import check_flag, held_checkpoint, lock_broken, name_of, no_sync_with, set_name, who
 from ._exceptions import DeadlockError
 from ._queue import WAITING, Waiter, WaitQueue, new_waiter
@@ -88,7 +88,7 @@ class Lock:
         self._owner: Any = None
         self._q: _LockQueue | None = None
         self._loop: Any = None  # the event loop (or TRIO) it is bound to
-        self._tid = 0  # the thread running that loop
+        self._tid: Any = None  # thread_mark() of the thread running it
 
     def __repr__(self) -> str:
         name = name_of(self)
@@ -105,7 +105,7 @@ class Lock:
 
     def __aenter__(self) -> Awaitable[None]:
         task = task_of(self._loop)
-        if task is None or self._tid != get_ident():
+        if task is None or self._tid != thread_mark():
             task = resolve_task(self)
         if self._owner is None and self._q is None:
             self._owner = task
@@ -131,7 +131,7 @@ class Lock:
             DeadlockError: the calling task already holds the lock.
         """
         task = task_of(self._loop)
-        if task is None or self._tid != get_ident():
+        if task is None or self._tid != thread_mark():
             task = resolve_task(self)
         if self._owner is None and self._q is None:
             self._owner = task
@@ -171,12 +171,9 @@ class Lock:
         tb: TracebackType | None,
     ) -> Awaitable[None]:
         owner = self._owner
-        if (
-            owner is not None
-            and self._q is None
-            and owner is task_of(self._loop)
-            and self._tid == get_ident()
-        ):
+        # No thread check here (release() has one): ``async with`` leaves in the task, and so
+        # in the thread, that entered it.
+        if owner is not None and self._q is None and owner is task_of(self._loop):
             self._owner = None
             return READY
         self.release()
@@ -192,7 +189,7 @@ class Lock:
             RuntimeError: the calling task does not hold the lock (nothing is changed).
         """
         task = task_of(self._loop)
-        if task is None or self._tid != get_ident():
+        if task is None or self._tid != thread_mark():
             task = resolve_task(self)
         if self._owner is not task:
             if self._owner is None:

@@ -17,7 +17,7 @@ from typing import Any, Callable, TypeVar, final, overload
 
 from anyio import BrokenResourceError, LockStatistics, TaskInfo, WouldBlock
 
-from ._backend import READY, TRIO, get_ident, resolve_task, task_info, task_of, unwatch, watch
+from ._backend import READY, TRIO, resolve_task, task_info, task_of, thread_mark, unwatch, watch
 from ._common import check_flag, held_checkpoint, lock_broken, name_of, no_sync_with, set_name, who
 from ._exceptions import DeadlockError
 from ._queue import GONE, WAITING, Waiter, WaitQueue, new_waiter
@@ -171,7 +171,7 @@ class RWLock:
         self._version = 0
         self._s: _RWState | None = None
         self._loop: Any = None
-        self._tid = 0
+        self._tid: Any = None
         self._rv: ReadLock | None = None
         self._wv: WriteLock | None = None
         self._uv: UpgradableLock | None = None
@@ -829,7 +829,7 @@ class RWLock:
 
     def _me(self) -> Any:
         task = task_of(self._loop)
-        if task is None or self._tid != get_ident():
+        if task is None or self._tid != thread_mark():
             task = resolve_task(self)
         return task
 
@@ -956,7 +956,7 @@ class ReadLock(_View):
     def __aenter__(self) -> Awaitable[None]:
         rw = self._rw
         task = task_of(rw._loop)
-        if task is None or rw._tid != get_ident():
+        if task is None or rw._tid != thread_mark():
             task = resolve_task(rw)
         if rw._writer is None and rw._s is None:
             readers = rw._readers
@@ -976,7 +976,7 @@ class ReadLock(_View):
     ) -> Awaitable[None]:
         rw = self._rw
         readers = rw._readers
-        if rw._s is None and readers and rw._tid == get_ident():
+        if rw._s is None and readers:  # no thread check: as in WriteLock.__aexit__
             task = task_of(rw._loop)
             n = readers.get(task, 0)
             if n == 1:
@@ -993,7 +993,7 @@ class ReadLock(_View):
         """
         rw = self._rw
         task = task_of(rw._loop)
-        if task is None or rw._tid != get_ident():
+        if task is None or rw._tid != thread_mark():
             task = resolve_task(rw)
         readers = rw._readers
         if rw._s is None and readers:
@@ -1029,7 +1029,7 @@ class WriteLock(_View):
     def __aenter__(self) -> Awaitable[None]:
         rw = self._rw
         task = task_of(rw._loop)
-        if task is None or rw._tid != get_ident():
+        if task is None or rw._tid != thread_mark():
             task = resolve_task(rw)
         if rw._writer is None and rw._s is None and not rw._readers:
             rw._writer = task
@@ -1052,12 +1052,9 @@ class WriteLock(_View):
     ) -> Awaitable[None]:
         rw = self._rw
         writer = rw._writer
-        if (
-            writer is not None
-            and rw._s is None
-            and writer is task_of(rw._loop)
-            and rw._tid == get_ident()
-        ):
+        # No thread check here (release() has one): ``async with`` leaves in the task, and so
+        # in the thread, that entered it.
+        if writer is not None and rw._s is None and writer is task_of(rw._loop):
             rw._writer = None
             rw._version += 1
             return READY
@@ -1074,7 +1071,7 @@ class WriteLock(_View):
         """
         rw = self._rw
         task = task_of(rw._loop)
-        if task is None or rw._tid != get_ident():
+        if task is None or rw._tid != thread_mark():
             task = resolve_task(rw)
         if rw._writer is task and rw._s is None:
             rw._writer = None

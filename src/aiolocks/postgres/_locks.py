@@ -46,11 +46,11 @@ from anyio import LockStatistics, WouldBlock
 from .._backend import (
     TRIO,
     asyncio_schedule_point,
-    get_ident,
     resolve_task,
     task_info,
     task_name,
     task_of,
+    thread_mark,
     unwatch,
     watch,
 )
@@ -440,7 +440,7 @@ class PostgresLocks:
         self._settings = _session_settings(self._hb_interval)
         self._sequence = "aiolocks_fence_" + _digest(self._namespace, size=8).hex()
         self._loop: Any = None
-        self._tid = 0
+        self._tid: Any = None
         self._closed = False
         self._idle: list[Session] = []  # pooled sessions, most recently used last
         self._count = 0  # sessions open or being opened
@@ -518,7 +518,7 @@ class PostgresLocks:
 
     def _task(self) -> Any:
         task = task_of(self._loop)
-        if task is None or self._tid != get_ident():
+        if task is None or self._tid != thread_mark():
             old = self._loop
             task = resolve_task(self)
             if old is not None and self._loop is not old:
