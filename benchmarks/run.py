@@ -105,7 +105,7 @@ def render_text(col: Collector) -> str:
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(COLUMNS)]
 
     def line(cells: list[str] | tuple[str, ...]) -> str:
-        return "  ".join(cell.ljust(w) for cell, w in zip(cells, widths)).rstrip()
+        return "  ".join(cell.ljust(w) for cell, w in zip(cells, widths, strict=False)).rstrip()
 
     out = [line(COLUMNS), line(["-" * w for w in widths])]
     for name, checks in _groups(col.checks).items():
