@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
@@ -86,61 +86,74 @@ class AsyncWith(Protocol):
 Lockish = Callable[[], AsyncWith]
 
 
-async def nested_read(read: Lockish, write: Lockish) -> str:
-    """A reader calls a helper that reads again, while a writer arrives in between."""
-
-    async def writer() -> None:
-        async with write():
-            pass
-
+async def outcome(scenario: Callable[[], Awaitable[None]]) -> str:
+    """Run a scenario that may deadlock, cut short after ``HANG`` seconds."""
     with anyio.move_on_after(HANG) as scope:
-        async with anyio.create_task_group() as tg, read():
-            tg.start_soon(writer)
-            await anyio.wait_all_tasks_blocked()  # the writer now waits for our read
-            async with read():  # the helper's read
-                pass
+        await scenario()
     return f"HANGS (cancelled after {HANG} s)" if scope.cancelled_caught else "completes"
 
 
 async def without_and_with() -> None:
     print("1. A nested read while a writer waits")
-    naive = NaiveRWLock()
-    outcome = await nested_read(naive.read, naive.write)
-    print(f"  writer-preferring RWLock (Go, aiorwlock): {outcome}")
-    rw = RWLock()
-    outcome = await nested_read(lambda: rw.reader, lambda: rw.writer)
-    print(f"  aiolocks.RWLock (re-entrant per task):    {outcome}")
+
+    def nested_read(read: Lockish, write: Lockish) -> Callable[[], Awaitable[None]]:
+        async def writer() -> None:
+            async with write():
+                pass
+
+        async def reader_calling_a_reader() -> None:
+            async with anyio.create_task_group() as tg, read():
+                tg.start_soon(writer)
+                await anyio.wait_all_tasks_blocked()  # the writer now waits for our read
+                async with read():  # the helper's read
+                    pass
+
+        return reader_calling_a_reader
+
+    naive, rw = NaiveRWLock(), RWLock()
+    print(
+        "  writer-preferring RWLock (Go, aiorwlock): "
+        f"{await outcome(nested_read(naive.read, naive.write))}"
+    )
+    print(
+        "  aiolocks.RWLock (re-entrant per task):    "
+        f"{await outcome(nested_read(lambda: rw.reader, lambda: rw.writer))}"
+    )
     say(
         "The writer waits for the outer read; the inner read queues behind the writer: each "
         "waits for the other. aiolocks lets a task that already reads read again."
     )
 
     print("\n2. Two tasks take the same two locks in opposite orders")
+    alice, bob = anyio.Lock(), anyio.Lock()
 
-    async def plain(first: anyio.Lock, second: anyio.Lock) -> None:
+    async def one_then_the_other(first: anyio.Lock, second: anyio.Lock) -> None:
         async with first:
             await anyio.sleep(0.01)
             async with second:
                 pass
 
-    alice, bob = anyio.Lock(), anyio.Lock()
-    with anyio.move_on_after(HANG) as scope:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(plain, alice, bob)
-            tg.start_soon(plain, bob, alice)
-    outcome = f"HANGS (cancelled after {HANG} s)" if scope.cancelled_caught else "completes"
-    print(f"  async with first: async with second:     {outcome}")
-
-    async def collected(first: anyio.Lock, second: anyio.Lock) -> None:
+    async def both_at_once(first: anyio.Lock, second: anyio.Lock) -> None:
         async with LockCollection(first, second).lock(TaskKey.get()):
             await anyio.sleep(0.01)
 
-    with anyio.move_on_after(HANG) as scope:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(collected, alice, bob)
-            tg.start_soon(collected, bob, alice)
-    outcome = f"HANGS (cancelled after {HANG} s)" if scope.cancelled_caught else "completes"
-    print(f"  aiolocks.LockCollection(first, second):  {outcome}")
+    def opposite_orders(
+        take: Callable[[anyio.Lock, anyio.Lock], Coroutine[Any, Any, None]],
+    ) -> Callable[[], Awaitable[None]]:
+        async def scenario() -> None:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(take, alice, bob)
+                tg.start_soon(take, bob, alice)
+
+        return scenario
+
+    print(
+        "  async with first: async with second:     "
+        f"{await outcome(opposite_orders(one_then_the_other))}"
+    )
+    print(
+        f"  aiolocks.LockCollection(first, second):  {await outcome(opposite_orders(both_at_once))}"
+    )
     say(
         "A LockCollection takes all its locks at once, in one global order, so collections "
         "never deadlock each other (any mix of aiolocks, anyio, asyncio and trio locks)."
