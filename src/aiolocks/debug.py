@@ -810,9 +810,9 @@ def _enable_from_environment(value: str) -> None:
     # debug mode off instead of raising: an import error here would break every program (and
     # test session) that imports aiolocks, over a typo in a diagnostics switch.
     choice = value.strip().lower()
-    if choice in _ENV_OFF:
+    if choice in ("", "0", "false", "no", "off"):
         return
-    if choice in _ENV_RAISE:
+    if choice in ("1", "true", "yes", "on", "raise"):
         enable(on_inversion="raise")
     elif choice == "warn":
         enable(on_inversion="warn")
@@ -823,7 +823,3 @@ def _enable_from_environment(value: str) -> None:
             RuntimeWarning,
             stacklevel=3,
         )
-
-
-_ENV_OFF = ("", "0", "false", "no", "off")
-_ENV_RAISE = ("1", "true", "yes", "on", "raise")
