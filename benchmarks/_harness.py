@@ -13,8 +13,9 @@ import gc
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import trio
 
@@ -152,7 +153,7 @@ def median(xs: list[float]) -> float:
 
 def paired_ratio(num: list[float], den: list[float]) -> float | None:
     """Median of per-repetition ratios (samples of the same repetition are neighbours)."""
-    pairs = [a / b for a, b in zip(num, den) if b > 0]
+    pairs = [a / b for a, b in zip(num, den, strict=False) if b > 0]
     return statistics.median(pairs) if pairs else None
 
 

@@ -8,7 +8,8 @@ inside the event loop that will use it. aiolocks candidates are simply absent wh
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import anyio
 import trio

@@ -13,9 +13,10 @@ import gc
 import itertools
 import random
 import tracemalloc
+from collections.abc import Callable
 from dataclasses import dataclass
 from time import perf_counter
-from typing import Any, Callable
+from typing import Any
 
 import anyio
 import trio

@@ -83,7 +83,7 @@ def plot_scaling(col: Collector, series: str, path: Path, plt: Any) -> None:
     )
     values = [r.value for b in data.values() for pts in b.values() for _, r in pts]
     ratio = max(values) / min(values) if values and min(values) > 0 else 1.0
-    for ax, backend in zip(axes[0], backends):
+    for ax, backend in zip(axes[0], backends, strict=False):
         ref = _reference_of(col, series, backend)
         for cand, pts in data[backend].items():
             xs = [x for x, _ in pts]
@@ -153,7 +153,7 @@ def plot_targets(checks: list[Check], path: Path, plt: Any) -> None:
         for c in checks
     ]
     ax.barh(ys, [r if r == r else 0 for r in ratios], color=colours, height=0.6, left=0)
-    for y, c in zip(ys, checks):
+    for y, c in zip(ys, checks, strict=False):
         ax.plot([c.limit, c.limit], [y - 0.4, y + 0.4], color="black", linewidth=2)
         text = f"{c.ratio:.2f} x" if c.ratio is not None else "n/a"
         ax.text(

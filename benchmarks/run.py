@@ -8,7 +8,8 @@ Usage::
 Every scenario measures its candidates interleaved, each sample in a fresh event loop, and
 reports per-op costs plus ratios against the peer named in the target, computed within this
 run (absolute times on a shared machine are noise; ratios of neighbouring samples are not).
-``--quick`` shrinks every scenario (a smoke test: < 20 s); the default run takes ~2-3 minutes.
+``--quick`` shrinks every scenario (a smoke test: about 15 s); the default run takes 3.5 to 6
+minutes on a 2-CPU machine.
 
 The JSON output is ``{"meta": ..., "results": [...], "checks": [...], "errors": [...]}``:
 ``results`` holds one record per (scenario, backend, candidate, metric) with the median
@@ -105,7 +106,7 @@ def render_text(col: Collector) -> str:
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(COLUMNS)]
 
     def line(cells: list[str] | tuple[str, ...]) -> str:
-        return "  ".join(cell.ljust(w) for cell, w in zip(cells, widths)).rstrip()
+        return "  ".join(cell.ljust(w) for cell, w in zip(cells, widths, strict=False)).rstrip()
 
     out = [line(COLUMNS), line(["-" * w for w in widths])]
     for name, checks in _groups(col.checks).items():

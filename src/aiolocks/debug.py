@@ -806,6 +806,9 @@ def dump(file: TextIO | None = None) -> None:
 
 
 def _enable_from_environment(value: str) -> None:
+    # Called once, when aiolocks is imported.  A value we do not understand warns and leaves
+    # debug mode off instead of raising: an import error here would break every program (and
+    # test session) that imports aiolocks, over a typo in a diagnostics switch.
     choice = value.strip().lower()
     if choice in ("", "0", "false", "no", "off"):
         return
@@ -814,4 +817,9 @@ def _enable_from_environment(value: str) -> None:
     elif choice == "warn":
         enable(on_inversion="warn")
     else:
-        raise ValueError(f"AIOLOCKS_DEBUG must be 1 (or raise), warn, or 0, not {value!r}")
+        warnings.warn(
+            f"AIOLOCKS_DEBUG={value!r} is not understood, so aiolocks debug mode stays off; "
+            "accepted values: 1 (or raise, true, yes, on), warn, 0 (or false, no, off, empty)",
+            RuntimeWarning,
+            stacklevel=3,
+        )

@@ -1,54 +1,13 @@
 """``pytest --aiolocks-debug``: run a test session in aiolocks' debug mode.
 
-Registered through the ``pytest11`` entry point, so it is active wherever aiolocks is
-installed; it imports nothing of aiolocks unless the option is given.  Lock-order inversions
-then fail the test that makes them (:class:`aiolocks.LockOrderError`), or warn with
-``--aiolocks-debug-warn``, and a wait that would deadlock raises
-:class:`aiolocks.DeadlockError` instead of hanging the suite.
+The plugin itself is the top-level module ``_aiolocks_pytestplugin``, which pytest loads
+through the ``pytest11`` entry point without importing aiolocks.  This module stays for
+``pytest -p aiolocks.pytest_plugin`` when plugin autoloading is disabled
+(``PYTEST_DISABLE_PLUGIN_AUTOLOAD=1``); with autoloading on, the plugin is already active.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from _aiolocks_pytestplugin import pytest_addoption, pytest_configure, pytest_unconfigure
 
 __all__ = ["pytest_addoption", "pytest_configure", "pytest_unconfigure"]
-
-
-def pytest_addoption(parser: Any) -> None:
-    """Add ``--aiolocks-debug`` and ``--aiolocks-debug-warn``."""
-    group = parser.getgroup("aiolocks")
-    group.addoption(
-        "--aiolocks-debug",
-        action="store_true",
-        default=False,
-        help="run the session in aiolocks debug mode: lock-order inversions raise "
-        "LockOrderError, and a wait that would close a cycle raises DeadlockError",
-    )
-    group.addoption(
-        "--aiolocks-debug-warn",
-        action="store_true",
-        default=False,
-        help="as --aiolocks-debug, but lock-order inversions warn (LockOrderWarning)",
-    )
-
-
-def pytest_configure(config: Any) -> None:
-    """Switch debug mode on for the session when asked."""
-    mode = None
-    if config.getoption("aiolocks_debug", False):
-        mode = "raise"
-    if config.getoption("aiolocks_debug_warn", False):
-        mode = "warn"
-    if mode:
-        from aiolocks import debug
-
-        debug.enable(on_inversion=mode)
-        config._aiolocks_debug = True
-
-
-def pytest_unconfigure(config: Any) -> None:
-    """Switch it off again at the end of the session."""
-    if getattr(config, "_aiolocks_debug", False):
-        from aiolocks import debug
-
-        debug.disable()

@@ -40,6 +40,15 @@ aiolocks[postgres]``).  For a local development server see :mod:`aiolocks.postgr
 
 from __future__ import annotations
 
+try:
+    import psycopg  # noqa: F401
+except ImportError as exc:  # the extra is not installed, or psycopg cannot load libpq
+    raise ImportError(
+        f"aiolocks.postgres needs psycopg 3: pip install 'aiolocks[postgres]' ({exc})",
+        name=exc.name,
+        path=exc.path,
+    ) from exc
+
 from ._locks import (
     PgHolder,
     PgLockInfo,

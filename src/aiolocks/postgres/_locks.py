@@ -1331,13 +1331,13 @@ class PostgresLocks:
                 self._maybe_unbind(ts)
             raise
         finally:
-            for (info, mode), key in zip(infos, order):
+            for (info, mode), key in zip(infos, order, strict=False):
                 if mode == X:
                     info.x_waiting -= 1
                 else:
                     info.s_waiting -= 1
                 self._drop_key_info(key, info)
-        for key, token in zip(order, tokens):
+        for key, token in zip(order, tokens, strict=False):
             self._record(ts, key, wanted[key][1], token)
         for hold, mode in reentered:
             if mode == X:
@@ -1375,7 +1375,7 @@ class PostgresLocks:
             pending = session.send(sql, params)
             await session.wait(pending)
             tokens = [int(pending.value(c) or 0) if c is not None else 0 for c in token_cols]
-            for (view, _), registration in zip(members, registrations):
+            for (view, _), registration in zip(members, registrations, strict=False):
                 self._check_registration(view, registration)
         except BaseException as exc:
             await self._undo(ts, [(v._key, m) for v, m in members], pending)

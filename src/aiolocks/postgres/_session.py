@@ -20,8 +20,8 @@ import select
 import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Sequence
-from typing import Any, Callable, final
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, final
 
 import anyio
 import anyio.to_thread
