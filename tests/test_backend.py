@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import threading
 from _thread import get_ident
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import anyio
 import pytest

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import sys
-from typing import Any, Callable, Union
+from collections.abc import Callable
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -62,7 +63,7 @@ def cancel_mode(case: tuple[str, dict[str, Any], str]) -> str:
     return case[2]
 
 
-AnyLock = Union[aiolocks.Lock, RWLock]
+AnyLock = aiolocks.Lock | RWLock
 
 # holder's mode, waiter's mode; "exclusive" means a plain Lock.
 KINDS = {
@@ -621,7 +622,7 @@ async def _scenario_cancelled_at(
             async def scenario() -> None:
                 with scenario_scope:
                     async with anyio.create_task_group() as tg:
-                        for slot, worker in zip(slots, WORKERS):
+                        for slot, worker in zip(slots, WORKERS, strict=False):
                             tg.start_soon(slot.run, worker, rw, mutex)
 
             async def killer() -> None:

@@ -11,8 +11,8 @@ import asyncio
 import gc
 import random
 import threading
-from collections.abc import Iterator
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -584,7 +584,7 @@ async def _cancel_scenario(
     order = [0, 1, 2] if release_order == "forward" else [2, 1, 0]
     keys: dict[str, TaskKey] = {}
     async with actors("h0", "h1", "h2", "taker") as (*holders, taker):
-        for holder, blocker in zip(holders, blockers):
+        for holder, blocker in zip(holders, blockers, strict=False):
             await holder.run(blocker.acquire)
         op = taker.start(lambda: take(coll, keys))
         await settle()
@@ -607,7 +607,7 @@ async def _cancel_scenario(
             await taker.run(op.result.release)
         assert not keys["key"].in_use, where
         still_held = order[released:]
-        for i, (member, blocker) in enumerate(zip(members, blockers)):
+        for i, (member, blocker) in enumerate(zip(members, blockers, strict=False)):
             if i in still_held:
                 assert_held_by_other_only(blocker)
             else:

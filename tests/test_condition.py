@@ -14,7 +14,8 @@ import random
 import sys
 import weakref
 from collections import deque
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import anyio
 import anyio.abc

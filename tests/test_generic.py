@@ -16,7 +16,8 @@ import gc
 import inspect
 import random
 import weakref
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import anyio
 import anyio.abc

@@ -11,7 +11,8 @@ from __future__ import annotations
 import inspect
 import operator
 import random
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import anyio
 import anyio.abc

@@ -14,8 +14,8 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Coroutine
-from typing import Any, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import anyio
 import anyio.lowlevel

@@ -20,8 +20,8 @@ import asyncio
 import sys
 import types
 from _thread import get_ident
-from collections.abc import Generator, Iterator
-from typing import TYPE_CHECKING, Any, Callable, Protocol, cast
+from collections.abc import Callable, Generator, Iterator
+from typing import TYPE_CHECKING, Any, Protocol, cast
 from weakref import WeakSet
 
 import anyio

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, Callable, final
+from typing import Any, final
 
 import anyio
 from anyio import WouldBlock

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 import types
-from collections.abc import Awaitable, Generator
-from typing import Any, Callable, NoReturn
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any, NoReturn
 from weakref import WeakKeyDictionary, WeakSet
 
 from ._backend import READY, TRIO, task_name

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Callable, TypeVar, final
+from typing import Any, TypeVar, final
 
 import anyio
 from anyio import BrokenResourceError

@@ -11,8 +11,8 @@ this: only the table's locks use the pinning classes.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Hashable, Iterator
-from typing import Any, Callable, Generic, TypeVar, final
+from collections.abc import Awaitable, Callable, Hashable, Iterator
+from typing import Any, Generic, TypeVar, final
 from weakref import WeakValueDictionary
 
 from ._backend import READY

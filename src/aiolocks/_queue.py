@@ -23,7 +23,7 @@ import sys
 import time
 from collections import OrderedDict
 from collections.abc import Generator
-from typing import Any, Protocol, Union, cast
+from typing import Any, Protocol, cast
 
 from ._backend import TRIO
 
@@ -170,7 +170,7 @@ class TrioWaiter(_WaiterBase):
 #:     except BaseException:
 #:         waiter.abandon()
 #:         raise
-Waiter = Union[AsyncioWaiter, TrioWaiter]
+Waiter = AsyncioWaiter | TrioWaiter
 
 
 class WaitQueue(OrderedDict[Waiter, None]):

@@ -9,11 +9,11 @@ as soon as the lock is back to a plain state, so ``_s is None`` is the fast-path
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from inspect import isawaitable
 from types import TracebackType
-from typing import Any, Callable, TypeVar, final, overload
+from typing import Any, TypeVar, final, overload
 
 from anyio import BrokenResourceError, LockStatistics, TaskInfo, WouldBlock
 

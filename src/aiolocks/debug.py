@@ -30,8 +30,9 @@ import sys
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 from weakref import WeakKeyDictionary
 
 from . import _queue

@@ -175,6 +175,8 @@ if __name__ == "__main__":
 
 # ----------------------------------------------------------------------------- the tests
 
+import itertools  # noqa: E402
+
 import pytest  # noqa: E402
 
 pytest.importorskip("psycopg")
@@ -273,7 +275,7 @@ def _check(run: dict[str, Any]) -> dict[str, Any]:
     }
     for name in {r[1] for r in records}:
         exclusive = sorted((r for r in records if r[1] == name and r[0] == "x"), key=lambda r: r[3])
-        for prev, nxt in zip(exclusive, exclusive[1:]):
+        for prev, nxt in itertools.pairwise(exclusive):
             if nxt[3] <= prev[4]:
                 found["overlapping holds"] += 1
             if prev[2] is not None and not nxt[2] > prev[2]:

@@ -24,10 +24,10 @@ import hashlib
 import os
 import random
 import struct
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import anyio
 import anyio.lowlevel
