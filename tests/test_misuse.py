@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -331,3 +332,67 @@ async def test_read_to_write_upgrade_raises_deadlockerror_and_keeps_read() -> No
         rw._check_invariants()
     assert rw.statistics().readers == 0
     rw._check_invariants()
+
+
+# --- messages that say what to write instead -------------------------------------------------
+
+
+async def test_async_with_on_the_rwlock_itself_says_to_use_reader_or_writer() -> None:
+    rw = aiolocks.RWLock()
+    with pytest.raises(TypeError, match=r"async with rw\.reader:.*async with rw\.writer:"):
+        async with rw:  # type: ignore[attr-defined]
+            pass
+    with pytest.raises(TypeError, match=r"async with rw\.reader:"), rw:  # type: ignore[attr-defined]
+        pass
+    assert not rw.reader.locked()
+    assert not rw.writer.locked()
+
+
+async def test_awaiting_collection_lock_says_to_use_async_with() -> None:
+    lock = aiolocks.Lock()
+    coll = aiolocks.LockCollection(lock)
+    key = aiolocks.TaskKey.get()
+    with pytest.raises(TypeError, match=r"async with collection\.lock\(key\) as guard"):
+        await coll.lock(key)  # type: ignore[misc]
+    assert not lock.locked()
+    assert not key.in_use
+
+
+@pytest.mark.parametrize("view", ["lock", "writer", "reader"])
+async def test_lock_and_rwlock_word_the_release_error_the_same(view: str) -> None:
+    rw = aiolocks.RWLock()
+    lock: Any = {"lock": aiolocks.Lock(), "writer": rw.writer, "reader": rw.reader}[view]
+    call = {"lock": "release()", "writer": "writer.release()", "reader": "reader.release()"}[view]
+    with pytest.raises(RuntimeError, match="^" + re.escape(call) + r" of <aiolocks\.\w+"):
+        lock.release()
+    with pytest.raises(RuntimeError, match=r"it is not held$"):
+        lock.release()
+    async with anyio.create_task_group() as tg:
+        taken, done = anyio.Event(), anyio.Event()
+
+        async def holder() -> None:
+            async with lock:
+                taken.set()
+                await done.wait()
+
+        tg.start_soon(holder, name="holder")
+        with anyio.fail_after(5):
+            await taken.wait()
+        with pytest.raises(RuntimeError, match="task 'holder' holds it; only the task holding"):
+            lock.release()
+        done.set()
+
+
+def test_release_after_wait_for_acquire_names_the_helper_task_and_the_fix() -> None:
+    # Before 3.12, asyncio.wait_for(lock.acquire(), t) runs acquire() in a helper task, which
+    # then holds the lock; a helper task that finishes holding the lock looks the same on every
+    # version, so the hint is tested the same way everywhere.
+    async def main() -> None:
+        lock = aiolocks.Lock()
+        helper = asyncio.ensure_future(lock.acquire())
+        await helper
+        with pytest.raises(RuntimeError, match=r"has finished without releasing it.*wait_for"):
+            lock.release()
+        assert lock.locked()
+
+    asyncio.run(main())

@@ -9,7 +9,7 @@ import os as _os
 
 from anyio import LockStatistics
 
-from ._collection import CollectionGuard, LockCollection
+from ._collection import CollectionGuard, LockCollection, LockLike
 from ._condition import Condition, ConditionStatistics
 from ._exceptions import (
     DeadlockError,
@@ -32,6 +32,7 @@ __all__ = [
     "KeyedRWLock",
     "Lock",
     "LockCollection",
+    "LockLike",
     "LockLostError",
     "LockOrderError",
     "LockOrderWarning",

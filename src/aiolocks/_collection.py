@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Any, final
+from typing import Any, Literal, Protocol, final
 
 import anyio
 from anyio import WouldBlock
@@ -24,9 +25,24 @@ from ._keys import TaskKey
 from ._lock import Lock
 from ._rwlock import ReadLock, UpgradableLock, WriteLock
 
-__all__ = ["CollectionGuard", "LockCollection"]
+__all__ = ["CollectionGuard", "LockCollection", "LockLike"]
 
 _STRATEGIES = ("ordered", "retry")
+
+
+class LockLike(Protocol):
+    """Anything a :class:`LockCollection` can take: an object with ``async acquire()`` and
+    ``release()``, such as :class:`aiolocks.Lock`, ``rw.reader``, ``rw.writer``, an
+    ``anyio.Lock``, a ``trio.Lock`` or an ``asyncio.Lock``.
+
+    .. versionadded:: 0.1
+    """
+
+    async def acquire(self) -> Any:
+        """Wait until the lock is held."""
+
+    def release(self) -> Any:
+        """Release the lock."""
 
 
 class _Member:
@@ -141,7 +157,7 @@ class CollectionGuard:
         self._held = held
 
     @property
-    def locks(self) -> tuple[Any, ...]:
+    def locks(self) -> tuple[LockLike, ...]:
         """The member locks held, in the order they were taken (empty once released)."""
         return tuple(member.lock for member in self._held)
 
@@ -191,7 +207,7 @@ class CollectionGuard:
         self.release()
 
 
-class _Locking:
+class _Locking(AbstractAsyncContextManager[CollectionGuard]):
     """What ``collection.lock(key)`` returns: ``async with`` it to hold the whole collection."""
 
     __slots__ = ("_coll", "_guard", "_key")
@@ -204,6 +220,12 @@ class _Locking:
     async def __aenter__(self) -> CollectionGuard:
         self._guard = await self._coll._acquire(self._key)
         return self._guard
+
+    def __await__(self) -> Any:
+        raise TypeError(
+            "collection.lock(key) is not awaitable: write 'async with collection.lock(key) as "
+            "guard:' (or 'guard = collection.lock_nowait(key)' to take it without waiting)"
+        )
 
     async def __aexit__(
         self,
@@ -265,7 +287,12 @@ class LockCollection:
 
     __slots__ = ("__weakref__", "_given", "_ordered", "_read_only", "_strategy")
 
-    def __init__(self, *locks: Any, strategy: str = "ordered", name: str | None = None) -> None:
+    def __init__(
+        self,
+        *locks: LockLike,
+        strategy: Literal["ordered", "retry"] = "ordered",
+        name: str | None = None,
+    ) -> None:
         if strategy not in _STRATEGIES:
             raise ValueError(f"strategy must be 'ordered' or 'retry', not {strategy!r}")
         if not locks:
@@ -301,7 +328,7 @@ class LockCollection:
         return name_of(self)
 
     @property
-    def locks(self) -> tuple[Any, ...]:
+    def locks(self) -> tuple[LockLike, ...]:
         """The member locks, as given."""
         return tuple(m.lock for m in self._given)
 
@@ -311,7 +338,7 @@ class LockCollection:
         return self._read_only
 
     @property
-    def strategy(self) -> str:
+    def strategy(self) -> Literal["ordered", "retry"]:
         """``"ordered"`` or ``"retry"``."""
         return self._strategy
 
@@ -320,7 +347,7 @@ class LockCollection:
         name = f" {name!r}" if name else ""
         return f"<aiolocks.LockCollection{name} of {len(self._given)} lock(s), {self._strategy}>"
 
-    def lock(self, key: TaskKey) -> _Locking:
+    def lock(self, key: TaskKey) -> AbstractAsyncContextManager[CollectionGuard]:
         """Take every lock with ``key``: use as ``async with collection.lock(key) as guard``.
 
         Raises (on entering):

@@ -17,6 +17,7 @@ __all__ = [
     "held_checkpoint",
     "name_of",
     "no_sync_with",
+    "not_holding",
     "set_name",
     "who",
 ]
@@ -82,6 +83,31 @@ def no_sync_with(prim: object) -> NoReturn:
 
 def who(task: Any) -> str:
     return "no task" if task is None else f"task {task_name(task)!r}"
+
+
+def not_holding(call: str, prim: object, task: Any, holders: Any = ()) -> RuntimeError:
+    """The error for a release (or downgrade) by a task that does not hold what it releases.
+
+    One wording for every primitive: ``call`` of ``prim`` by the task, then who holds it.  A
+    holder that has finished is how ``asyncio.wait_for(lock.acquire(), t)`` shows up before
+    Python 3.12 (it acquires in a helper task, which then owns the lock): say so.
+    """
+    holders = [h for h in holders if h is not None and h is not task]
+    if not holders:
+        return RuntimeError(f"{call} of {prim!r} by {who(task)}: it is not held")
+    verb = call.split("(")[0].rsplit(".", 1)[-1]  # "release", "downgrade"
+    message = (
+        f"{call} of {prim!r} by {who(task)}: {who(holders[0])} holds it; only the task "
+        f"holding it may {verb} it"
+    )
+    finished = [h for h in holders if getattr(h, "done", lambda: False)()]
+    if finished:
+        message += (
+            f" ({who(finished[0])} has finished without releasing it: on Python < 3.12, "
+            "asyncio.wait_for(lock.acquire(), t) acquires in a helper task, which then holds "
+            "the lock; wrap acquire() in asyncio.timeout() or anyio.fail_after() instead)"
+        )
+    return RuntimeError(message)
 
 
 # Names live outside the primitives: most locks have none, and a slot costs every instance.

@@ -81,7 +81,12 @@ class Condition:
     #   a notified waiter is either reparked in the lock's queue (Lock, rw.writer) or granted
     __slots__ = ("__weakref__", "_kind", "_lock", "_loop", "_q", "_registered", "_rw", "_tid")
 
-    def __init__(self, lock: Any = None, *, name: str | None = None) -> None:
+    def __init__(
+        self,
+        lock: Lock | WriteLock | ReadLock | anyio.Lock | None = None,
+        *,
+        name: str | None = None,
+    ) -> None:
         if lock is None:
             lock = Lock(name=name)  # its own lock is reported under the condition's name
         kinds = [kind for cls, kind in _KINDS if isinstance(lock, cls)]
@@ -92,18 +97,18 @@ class Condition:
             )
         kind = kinds[0]
         set_name(self, name)
-        self._lock: Any = lock
+        self._lock: Any = lock  # Any: the hot paths reach into aiolocks' own locks
         self._kind = kind
-        self._rw: Any = lock._rw if kind in (_WRITER, _READER) else None
+        self._rw: Any = lock._rw if isinstance(lock, (WriteLock, ReadLock)) else None
         self._q = WaitQueue()
         self._loop: Any = None
         self._tid: Any = None
         self._registered = False
 
     @property
-    def lock(self) -> Any:
+    def lock(self) -> Lock | WriteLock | ReadLock | anyio.Lock:
         """The lock this condition uses."""
-        return self._lock
+        return self._lock  # type: ignore[no-any-return]
 
     def __repr__(self) -> str:
         name = name_of(self)
@@ -112,7 +117,7 @@ class Condition:
 
     # -- the lock shape, delegated --------------------------------------------------------
 
-    def __aenter__(self) -> Awaitable[Any]:
+    def __aenter__(self) -> Awaitable[None]:
         return self._lock.__aenter__()  # type: ignore[no-any-return]
 
     def __aexit__(
@@ -120,7 +125,7 @@ class Condition:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> Awaitable[Any]:
+    ) -> Awaitable[None]:
         if (
             exc_type is not None
             and issubclass(exc_type, BrokenResourceError)

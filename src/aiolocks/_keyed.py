@@ -12,7 +12,7 @@ this: only the table's locks use the pinning classes.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Hashable, Iterator
-from typing import Any, Generic, TypeVar, final
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
 from weakref import WeakValueDictionary
 
 from ._backend import READY
@@ -23,6 +23,12 @@ from ._rwlock import ReadLock, RWLock, UpgradableLock, WriteLock
 __all__ = ["KeyedLock", "KeyedRWLock"]
 
 L = TypeVar("L", Lock, RWLock)
+if TYPE_CHECKING:  # a default, so that an unannotated KeyedRWLock() is KeyedRWLock[Hashable]
+    from typing_extensions import TypeVar as _TypeVarWithDefault
+
+    K = _TypeVarWithDefault("K", bound=Hashable, default=Hashable)
+else:
+    K = TypeVar("K", bound=Hashable)
 
 
 class _PinnedLock(Lock):  # type: ignore[misc]
@@ -119,7 +125,7 @@ class _PinnedUpgradable(UpgradableLock):  # type: ignore[misc]
         return READY
 
 
-class _Keyed(Generic[L]):
+class _Keyed(Generic[L, K]):
     """A table of locks by key that holds each only while it is held, waited for or referred to."""
 
     __slots__ = ("__weakref__", "_make", "_name", "_pinned", "_swept", "_table")
@@ -129,11 +135,11 @@ class _Keyed(Generic[L]):
             raise TypeError(f"name must be a str or None, not {type(name).__name__}")
         self._name = name
         self._make: Callable[[dict[int, Any]], L] = make
-        self._table: WeakValueDictionary[Hashable, L] = WeakValueDictionary()
+        self._table: WeakValueDictionary[K, L] = WeakValueDictionary()
         self._pinned: dict[int, Any] = {}  # id -> lock, for locks acquired since the last sweep
         self._swept = 0  # how many stayed pinned after the last sweep
 
-    def __getitem__(self, key: Hashable) -> L:
+    def __getitem__(self, key: K) -> L:
         if len(self._pinned) > 2 * self._swept + 16:
             self._sweep()
         lock = self._table.get(key)
@@ -158,7 +164,7 @@ class _Keyed(Generic[L]):
         self._sweep()
         return len(self._table)
 
-    def __iter__(self) -> Iterator[Hashable]:
+    def __iter__(self) -> Iterator[K]:
         self._sweep()
         return iter(list(self._table.keys()))
 
@@ -189,7 +195,7 @@ def _make_lock(fast: bool) -> Callable[[dict[int, Any]], Lock]:
 
 
 @final
-class KeyedRWLock(_Keyed[RWLock]):
+class KeyedRWLock(_Keyed[RWLock, K], Generic[K]):
     """One :class:`RWLock` per hashable key, made on first use.
 
     ``table[key]`` returns the lock for ``key``: the same object for as long as any task holds
@@ -205,6 +211,9 @@ class KeyedRWLock(_Keyed[RWLock]):
         async def withdraw(user_id, amount):
             async with accounts[user_id].writer:
                 ...
+
+    Generic in its key type, for type checkers: ``KeyedRWLock[int]()`` accepts only ``int``
+    keys (unannotated, any hashable key).
 
     Args:
         fast_acquire: passed to every :class:`RWLock` the table makes.
@@ -223,7 +232,7 @@ class KeyedRWLock(_Keyed[RWLock]):
 
 
 @final
-class KeyedLock(_Keyed[Lock]):
+class KeyedLock(_Keyed[Lock, K], Generic[K]):
     """One :class:`Lock` per hashable key, made on first use (see :class:`KeyedRWLock`).
 
     .. versionadded:: 0.1

@@ -9,7 +9,16 @@ from typing import Any, final
 from anyio import BrokenResourceError, LockStatistics, WouldBlock
 
 from ._backend import READY, TRIO, resolve_task, task_info, task_of, thread_mark, unwatch, watch
-from ._common import check_flag, held_checkpoint, lock_broken, name_of, no_sync_with, set_name, who
+from ._common import (
+    check_flag,
+    held_checkpoint,
+    lock_broken,
+    name_of,
+    no_sync_with,
+    not_holding,
+    set_name,
+    who,
+)
 from ._exceptions import DeadlockError
 from ._queue import WAITING, Waiter, WaitQueue, new_waiter
 
@@ -192,11 +201,7 @@ class Lock:
         if task is None or self._tid != thread_mark():
             task = resolve_task(self)
         if self._owner is not task:
-            if self._owner is None:
-                raise RuntimeError(f"release() of {self!r}: the lock is not held")
-            raise RuntimeError(
-                f"release() of {self!r} by {who(task)}: only the task holding it may release it"
-            )
+            raise not_holding("release()", self, task, (self._owner,))
         self._release()
 
     def _release(self) -> None:

@@ -13,18 +13,31 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from inspect import isawaitable
 from types import TracebackType
-from typing import Any, TypeVar, final, overload
+from typing import TYPE_CHECKING, Any, TypeVar, final, overload
 
 from anyio import BrokenResourceError, LockStatistics, TaskInfo, WouldBlock
 
 from ._backend import READY, TRIO, resolve_task, task_info, task_of, thread_mark, unwatch, watch
-from ._common import check_flag, held_checkpoint, lock_broken, name_of, no_sync_with, set_name, who
+from ._common import (
+    check_flag,
+    held_checkpoint,
+    lock_broken,
+    name_of,
+    no_sync_with,
+    not_holding,
+    set_name,
+    who,
+)
 from ._exceptions import DeadlockError
 from ._queue import GONE, WAITING, Waiter, WaitQueue, new_waiter
 
 __all__ = ["RWLock", "RWLockStatistics", "ReadLock", "UpgradableLock", "WriteLock"]
 
 T = TypeVar("T")
+if TYPE_CHECKING:  # positional arguments checked against fn's signature, as anyio does
+    from typing_extensions import TypeVarTuple, Unpack
+
+    PosArgsT = TypeVarTuple("PosArgsT")
 
 READ, WRITE, UPGRADABLE, UPGRADE = 0, 1, 2, 3
 _MODE_NAMES = ("read", "write", "upgradable", "upgrade")
@@ -176,6 +189,20 @@ class RWLock:
         self._wv: WriteLock | None = None
         self._uv: UpgradableLock | None = None
 
+    if not TYPE_CHECKING:  # at run time only: for type checkers an RWLock is no context manager
+
+        def __aenter__(self) -> None:
+            raise TypeError(
+                f"{self!r} is not a lock itself: write 'async with rw.reader:' (shared) or "
+                "'async with rw.writer:' (exclusive)"
+            )
+
+        def __aexit__(self, *exc_info: object) -> None:  # pragma: no cover - never entered
+            pass
+
+        __enter__ = __aenter__
+        __exit__ = __aexit__
+
     @property
     def reader(self) -> ReadLock:
         """The shared (read) side: many tasks may hold it at once."""
@@ -240,10 +267,16 @@ class RWLock:
         return stamp == self._version and not stamp & 1
 
     @overload
-    async def read_optimistic(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T: ...
+    async def read_optimistic(
+        self, fn: Callable[[Unpack[PosArgsT]], Awaitable[T]], *args: Unpack[PosArgsT]
+    ) -> T: ...
     @overload
-    async def read_optimistic(self, fn: Callable[..., T], *args: Any) -> T: ...
-    async def read_optimistic(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def read_optimistic(
+        self, fn: Callable[[Unpack[PosArgsT]], T], *args: Unpack[PosArgsT]
+    ) -> T: ...
+    async def read_optimistic(
+        self, fn: Callable[[Unpack[PosArgsT]], Any], *args: Unpack[PosArgsT]
+    ) -> Any:
         """Run ``fn(*args)`` without the lock; if a writer interfered, run it again under it.
 
         ``fn`` may be a plain function or a coroutine function; it should only read.  The first
@@ -471,9 +504,7 @@ class RWLock:
                 s.wreads -= 1
                 self._maybe_idle(s)
                 return
-            raise RuntimeError(
-                f"{self!r}: reader.release() by {who(task)}, which holds no read lock"
-            )
+            raise not_holding("reader.release()", self, task, self._read_holders())
         assert readers is not None
         if n > 1:
             readers[task] = n - 1
@@ -498,10 +529,7 @@ class RWLock:
                 if self._s is s:
                     self._maybe_idle(s)
                 return
-            held = (
-                "it is not write-held" if self._writer is None else f"{who(self._writer)} holds it"
-            )
-            raise RuntimeError(f"{self!r}: writer.release() by {who(task)}, but {held}")
+            raise not_holding("writer.release()", self, task, (self._writer,))
         s = self._s
         if s is None:
             self._writer = None
@@ -536,10 +564,7 @@ class RWLock:
     def _release_upgradable(self, task: Any) -> None:
         s = self._s
         if s is None or s.upg is not task:
-            raise RuntimeError(
-                f"{self!r}: upgradable.release() by {who(task)}, which does not hold the "
-                "upgradable lock"
-            )
+            raise not_holding("upgradable.release()", self, task, (s.upg if s else None,))
         if s.upgraded:
             if s.wextra:
                 raise RuntimeError(
@@ -554,9 +579,7 @@ class RWLock:
 
     def _downgrade(self, task: Any) -> None:
         if self._writer is not task:
-            raise RuntimeError(
-                f"{self!r}: writer.downgrade() by {who(task)}, which does not hold the write lock"
-            )
+            raise not_holding("writer.downgrade()", self, task, (self._writer,))
         s = self._s
         if s is not None and s.wextra:
             raise RuntimeError(
@@ -932,6 +955,7 @@ class _View:
             raise WouldBlock
 
     def release(self) -> None:  # pragma: no cover - every view overrides it
+        """Release what this view's acquisition holds."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

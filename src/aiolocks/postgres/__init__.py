@@ -42,12 +42,12 @@ from __future__ import annotations
 
 try:
     import psycopg  # noqa: F401
-except ImportError as exc:  # the extra is not installed, or psycopg cannot load libpq
+except ImportError as _missing:  # the extra is not installed, or psycopg cannot load libpq
     raise ImportError(
-        f"aiolocks.postgres needs psycopg 3: pip install 'aiolocks[postgres]' ({exc})",
-        name=exc.name,
-        path=exc.path,
-    ) from exc
+        f"aiolocks.postgres needs psycopg 3: pip install 'aiolocks[postgres]' ({_missing})",
+        name=_missing.name,
+        path=_missing.path,
+    ) from _missing
 
 from ._locks import (
     PgHolder,

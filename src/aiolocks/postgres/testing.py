@@ -126,10 +126,10 @@ class PostgresServer:
     def __init__(
         self, directory: str, port: int, bindir: str, settings: dict[str, str], owned: bool
     ) -> None:
-        self.directory = directory
-        self.port = port
-        self.bindir = bindir
-        self.dsn = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        self.directory: str = directory  #: the server's data directory
+        self.port: int = port  #: its TCP port on 127.0.0.1
+        self.bindir: str = bindir  #: where its pg_ctl and initdb are
+        self.dsn: str = f"postgresql://postgres@127.0.0.1:{port}/postgres"  #: how to connect
         self._settings = settings
         self._owned = owned
 
