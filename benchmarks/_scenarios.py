@@ -1390,7 +1390,8 @@ def condition(col: Collector, cfg: Config) -> None:
 def memory(col: Collector, cfg: Config) -> None:
     n = cfg.pick(10_000, 1_000)
     name = "idle instance memory (tracemalloc)"
-    limits = {P.RWLOCK: 160.0, P.RWLOCK_FAST: 160.0, P.LOCK: 80.0, P.LOCK_FAST: 80.0}
+    # Lock: 88 B since the thread check (issue 20) added a slot; asyncio.Lock takes 96 B.
+    limits = {P.RWLOCK: 160.0, P.RWLOCK_FAST: 160.0, P.LOCK: 88.0, P.LOCK_FAST: 88.0}
     cands = [
         P.RWLOCK,
         P.RWLOCK_FAST,
