@@ -265,14 +265,13 @@ class Condition:
             waiter = q.popleft()
             if waiter is None:
                 return
-            if kind in (_LOCK, _WRITER):
-                if waiter.fut_cancelled():
-                    continue  # Task.cancel() got there first: notify the next one instead
-                repark = self._lock._repark if kind == _LOCK else self._rw._repark_writer
-                if not repark(waiter):
-                    continue
-            elif not waiter.grant():
-                continue
+            # popleft() skips waiters Task.cancel() got to first: each one here can be woken
+            if kind == _LOCK:
+                self._lock._repark(waiter)
+            elif kind == _WRITER:
+                self._rw._repark_writer(waiter)
+            else:
+                waiter.grant()
             n -= 1
 
     # -- the queue's callbacks ---------------------------------------------------------------

@@ -212,22 +212,17 @@ class Lock:
         if q.watch_token is not None:
             unwatch(self._owner, q.watch_token)
             q.watch_token = None
-        while True:
-            waiter = q.popleft()
-            if waiter is None:
-                self._owner = None
-                if not q.broken:
-                    self._q = None
-                    _drop_queue(q)
-                return
+        waiter = q.popleft()
+        if waiter is not None:
             self._owner = waiter.task
-            if waiter.grant():
-                if q:
-                    self._watch_owner(q)
-                elif not q.broken:
-                    self._q = None
-                    _drop_queue(q)
-                return
+            waiter.grant()
+        else:
+            self._owner = None
+        if q:
+            self._watch_owner(q)
+        elif not q.broken:
+            self._q = None
+            _drop_queue(q)
 
     # -- the queue's callbacks ---------------------------------------------------------------
 
@@ -245,23 +240,20 @@ class Lock:
         if self._owner is waiter.task:
             self._release()
 
-    def _repark(self, waiter: Waiter) -> bool:
-        """Queue a waiter that already sleeps (a notified Condition waiter): it wakes up
-        holding the lock.  False if it turned out to be gone (cancelled) already."""
+    def _repark(self, waiter: Waiter) -> None:
+        """Queue a waiter that already sleeps (a notified Condition waiter, never a lost one):
+        it wakes up holding the lock."""
         waiter.home = self
         if self._owner is None:  # a cancelled wait() just passed its notification on
             self._owner = waiter.task
-            if waiter.grant():
-                return True
-            self._owner = None
-            return False
+            waiter.grant()
+            return
         q = self._q
         if q is None:
             q = self._q = _new_queue()
         if q.watch_token is None and not q.broken:
             self._watch_owner(q)
         q.append(waiter)
-        return True
 
     # -- an owner that exits holding the lock -----------------------------------------------
 

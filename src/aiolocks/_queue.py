@@ -5,7 +5,8 @@ machines.  The rules it enforces:
 
 * **Hand-off, not wake-up.**  A releaser calls :meth:`Waiter.grant` after it has recorded the
   waiter as the new holder; the waiter wakes up already owning what it asked for, so no newcomer
-  can barge in and no grant can be lost.
+  can barge in and no grant can be lost.  A grant cannot fail either: the queue only ever returns
+  waiters that can still be granted (see :class:`WaitQueue`).
 * **Cancellation is the queue's problem.**  A waiter cancelled while queued is removed in O(1)
   (``home._waiter_gone``); a waiter that was granted and then cancelled before it could run
   hands its grant back (``home._grant_abandoned``), which passes it on (``Waiter.abandon``
@@ -92,29 +93,20 @@ class AsyncioWaiter(asyncio.Future, _WaiterBase):  # type: ignore[type-arg]
 
     __slots__ = ("home", "mode", "since", "state", "task", "ticket")
 
-    def grant(self) -> bool:
-        """Wake the waiter as the new holder; False if it turned out to be gone already."""
-        if self.done():
-            # Task.cancel() already cancelled this future; the waiting coroutine will raise
-            # CancelledError and see GONE, so the caller simply grants the next waiter instead.
-            self.state = GONE
-            return False
+    #: True once ``Task.cancel()`` has cancelled this future: no grant can reach the waiter
+    #: any more (its coroutine will raise ``CancelledError``).  The queue never hands it one.
+    lost = asyncio.Future.done
+
+    def grant(self) -> None:
+        """Wake the waiter as the new holder (the queue never returns a lost waiter)."""
         self.state = GRANTED
         self.set_result(None)
-        return True
 
     def fail(self, exc: BaseException) -> None:
         """Wake the waiter with ``exc`` instead of a grant."""
         self.state = GONE
         if not self.done():
             self.set_exception(exc)
-
-    def fut_cancelled(self) -> bool:
-        """True (and now GONE) if Task.cancel() already cancelled it: it cannot be moved."""
-        if self.done():
-            self.state = GONE
-            return True
-        return False
 
 
 class TrioWaiter(_WaiterBase):
@@ -143,15 +135,14 @@ class TrioWaiter(_WaiterBase):
 
         await lowlevel.wait_task_rescheduled(abort)
 
-    def fut_cancelled(self) -> bool:
-        """Never on trio: a cancelled waiter has left its queue already."""
+    def lost(self) -> bool:
+        """Never on trio: a cancelled waiter has left its queue already (trio's abort)."""
         return False
 
-    def grant(self) -> bool:
-        """Wake the waiter as the new holder (on trio it cannot be gone already)."""
+    def grant(self) -> None:
+        """Wake the waiter as the new holder."""
         self.state = GRANTED
         sys.modules["trio"].lowlevel.reschedule(self.task)
-        return True
 
     def fail(self, exc: BaseException) -> None:
         """Wake the waiter with ``exc`` instead of a grant."""
@@ -181,9 +172,12 @@ class WaitQueue(OrderedDict[Waiter, None]):
     request's locals) reachable while the lock stays contended.  ``len(q)`` and ``bool(q)`` are
     the C-level dict operations, so hot paths use them directly.
 
-    Invariant: every waiter in the queue is ``WAITING`` (on asyncio its future may already be
-    cancelled by ``Task.cancel()``; the waiter then leaves as soon as its task runs, and a
-    ``grant()`` to it fails meanwhile).
+    Hand-off cannot fail: :meth:`first` and :meth:`popleft` never return a *lost* waiter (on
+    asyncio, one whose future ``Task.cancel()`` already cancelled; it cannot be granted).  They
+    drop it (``GONE``: its coroutine then finds nothing to undo) and go on to the next, so every
+    waiter they return can be granted at once, and no primitive needs a retry loop.
+
+    Invariant: every waiter in the queue is ``WAITING``.
     """
 
     __slots__ = ()
@@ -192,20 +186,26 @@ class WaitQueue(OrderedDict[Waiter, None]):
         self[waiter] = None
 
     def first(self) -> Waiter | None:
-        """The first waiter, without removing it."""
-        for waiter in self:
-            return waiter
+        """The first waiter that can be granted, without removing it (lost ones are dropped)."""
+        while self:
+            waiter = next(iter(self))
+            if not waiter.lost():
+                return waiter
+            self.remove(waiter)
         return None
 
     def popleft(self) -> Waiter | None:
-        """Remove and return the first waiter (still marked WAITING), or None."""
-        if self:
-            return self.popitem(last=False)[0]
+        """Remove and return the first waiter that can be granted, or None."""
+        while self:
+            waiter = self.popitem(last=False)[0]
+            if not waiter.lost():
+                return waiter
+            waiter.state = GONE
         return None
 
-    def pop_first(self) -> None:
-        """Remove the waiter :meth:`first` just returned."""
-        self.popitem(last=False)
+    def pop_first(self) -> Waiter:
+        """Remove the first waiter (the one :meth:`first` just returned)."""
+        return self.popitem(last=False)[0]
 
     def remove(self, waiter: Waiter) -> None:
         """Forget a queued waiter (it must be in this queue)."""

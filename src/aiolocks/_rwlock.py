@@ -68,13 +68,49 @@ class RWLockStatistics:
     version: int
 
 
+class _WriteQueue(WaitQueue):
+    """The queue of write and upgradable requests, counting the write requests in it (a reader
+    arriving must know at once whether a writer waits: writer preference)."""
+
+    __slots__ = ("writers",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writers = 0
+
+    def append(self, waiter: Waiter) -> None:
+        self[waiter] = None
+        self.writers += waiter.mode == WRITE
+
+    def pop_first(self) -> Waiter:
+        waiter = self.popitem(last=False)[0]
+        self.writers -= waiter.mode == WRITE
+        return waiter
+
+    def remove(self, waiter: Waiter) -> None:
+        waiter.state = GONE
+        del self[waiter]
+        self.writers -= waiter.mode == WRITE
+
+    def take_all(self) -> list[Waiter]:
+        self.writers = 0
+        return super().take_all()
+
+    def first_writer_ticket(self) -> float:
+        """The arrival ticket of the first write request that can still be granted."""
+        if self.writers:
+            for w in self:
+                if w.mode == WRITE and not w.lost():
+                    return w.ticket
+        return _NO_LIMIT
+
+
 class _RWState:
     """Everything an RWLock needs only under contention or in its rarer modes."""
 
     __slots__ = (
         "broken",
         "downgraded",
-        "qwriters",
         "rq",
         "ticket",
         "upg",
@@ -88,8 +124,7 @@ class _RWState:
 
     def __init__(self) -> None:
         self.rq = WaitQueue()  # readers waiting (admitted together)
-        self.wq = WaitQueue()  # writers and upgradable requests waiting, FIFO
-        self.qwriters = 0  # WRITE waiters in wq
+        self.wq = _WriteQueue()  # writers and upgradable requests waiting, FIFO
         self.ticket = 0  # arrival order of waiters
         self.upg: Any = None  # task holding the upgradable lock
         self.upgraded = False  # the writer's hold came from upgrade()
@@ -102,13 +137,6 @@ class _RWState:
         # for the write acquisition, so writer.release() (leaving ``async with rw.writer``)
         # releases that level.
         self.downgraded: set[Any] = set()
-
-    def first_writer_ticket(self) -> float:
-        if self.qwriters:
-            for w in self.wq:
-                if w.mode == WRITE:
-                    return w.ticket
-        return _NO_LIMIT
 
     def has_waiters(self) -> bool:
         return bool(self.rq or self.wq or self.upgrading is not None)
@@ -402,7 +430,7 @@ class RWLock:
         if s is not None and s.upg is task:
             readers[task] = 1
             return True
-        if self._writer is None and (s is None or (s.upgrading is None and not s.qwriters)):
+        if self._writer is None and (s is None or (s.upgrading is None and not s.wq.writers)):
             readers[task] = 1
             return True
         return False
@@ -483,8 +511,6 @@ class RWLock:
             s.upgrading = waiter
         else:
             s.wq.append(waiter)
-            if mode == WRITE:
-                s.qwriters += 1
         try:
             await waiter
         except BaseException:
@@ -609,63 +635,55 @@ class RWLock:
     # -- hand-off ----------------------------------------------------------------------------
 
     def _dispatch(self, s: _RWState, phase_fair: bool) -> None:
-        """Grant whatever can be granted now.  ``phase_fair``: a write phase just ended."""
+        """Grant whatever can be granted now.  ``phase_fair``: a write phase just ended.
+
+        The admission rule, in order (each waiter returned by the queues can be granted, so no
+        step retries):
+
+        1. a pending ``upgrade()`` goes as soon as no plain reader holds; until then nothing
+           else does (new readers queue behind it);
+        2. readers: after a write phase every waiting reader goes (phase-fair); otherwise those
+           that no still-grantable queued writer arrived before (writer preference);
+        3. then the first write or upgradable request, if the holds left allow it.
+        """
         if self._writer is not None:
             return
         up = s.upgrading
         if up is not None:
             if self._readers:
-                return  # it waits for the readers to leave; new readers queue behind it
+                return
             s.upgrading = None
-            if up.grant():
+            if not up.lost():
                 self._writer = up.task
                 s.upgraded = True
                 self._version += 1
+                up.grant()
                 return
-            # its future was already cancelled: carry on as if it had never asked
-        if s.rq:
-            # After a write phase every waiting reader goes; otherwise only those that no
-            # queued writer arrived before (a waiting writer holds back later readers).
-            limit = _NO_LIMIT if phase_fair else s.first_writer_ticket()
+            up.state = GONE  # Task.cancel() got there first: as if it had never asked
+        rq, wq = s.rq, s.wq
+        if rq:
+            limit = _NO_LIMIT if phase_fair else wq.first_writer_ticket()
             readers = self._readers
             if readers is None:
                 readers = self._readers = {}
-            rq = s.rq
-            while True:
-                w = rq.first()
-                if w is None or w.ticket > limit:
-                    break
+            while (w := rq.first()) is not None and w.ticket <= limit:
                 rq.pop_first()
-                if w.grant():
-                    readers[w.task] = 1
-        wq = s.wq
-        while wq:
-            w = wq.first()
-            assert w is not None
+                readers[w.task] = 1
+                w.grant()
+        w = wq.first()
+        if w is not None and s.upg is None and (w.mode != WRITE or not self._readers):
+            wq.pop_first()
             if w.mode == WRITE:
-                if self._readers or s.upg is not None:
-                    break
-                wq.pop_first()
-                s.qwriters -= 1
-                if w.grant():
-                    self._writer = task = w.task
-                    self._version += 1
-                    if (wq or s.rq) and task not in s.watched and not s.broken:
-                        s.watched[task] = watch(self._loop, task, self._holder_exited)
-                    return
-                if s.rq and not phase_fair:
-                    # A cancelled writer (its future already cancelled, so it will not come
-                    # back to us) was holding back the readers queued after it: start over.
-                    self._dispatch(s, False)
-                    return
-            else:
-                if s.upg is not None:
-                    break
-                wq.pop_first()
-                if w.grant():
-                    s.upg = w.task
-                    break
-        if s.rq or s.wq or s.upgrading is not None:
+                self._writer = task = w.task
+                self._version += 1
+                w.grant()
+                # the writer is the only holder now: watch it if anyone waits behind it
+                if (wq or rq) and task not in s.watched and not s.broken:
+                    s.watched[task] = watch(self._loop, task, self._holder_exited)
+                return
+            s.upg = w.task
+            w.grant()
+        if rq or wq or s.upgrading is not None:
             self._watch_holders(s)
 
     def _maybe_idle(self, s: _RWState) -> None:
@@ -698,8 +716,6 @@ class RWLock:
             s.rq.remove(waiter)
         else:
             s.wq.remove(waiter)
-            if waiter.mode == WRITE:
-                s.qwriters -= 1
         self._dispatch(s, False)
         self._maybe_idle(s)
 
@@ -714,22 +730,20 @@ class RWLock:
         else:
             self._downgrade(task)  # a cancelled upgrade() keeps the upgradable hold
 
-    def _repark_writer(self, waiter: Waiter) -> bool:
-        """Queue a sleeping waiter for the write lock (a notified Condition waiter): it wakes
-        up holding it.  False if it turned out to be gone (cancelled) already."""
+    def _repark_writer(self, waiter: Waiter) -> None:
+        """Queue a sleeping waiter for the write lock (a notified Condition waiter, never a
+        lost one): it wakes up holding it."""
         s = self._state()
         s.ticket += 1
         waiter.home = self
         waiter.mode = WRITE
         waiter.ticket = s.ticket
         s.wq.append(waiter)
-        s.qwriters += 1
         if self._writer is None:  # a cancelled wait() just passed its notification on
             self._dispatch(s, False)
             self._maybe_idle(s)
-            return waiter.state != GONE
-        self._watch_holders(s)
-        return True
+        else:
+            self._watch_holders(s)
 
     # -- holders that exit holding the lock -----------------------------------------------------
 
@@ -770,7 +784,6 @@ class RWLock:
         s.broken = True
         message = self._broken_message(task)
         failed = s.wq.take_all()
-        s.qwriters = 0
         if s.upgrading is not None:
             failed.append(s.upgrading)
             s.upgrading = None
@@ -872,7 +885,7 @@ class RWLock:
         for q in (s.rq, s.wq):
             assert all(w.state == WAITING and w.home is self for w in q), "a stale waiter queued"
         assert all(w.mode == READ for w in s.rq)
-        assert s.qwriters == sum(1 for w in s.wq if w.mode == WRITE), "queued writer count"
+        assert s.wq.writers == sum(1 for w in s.wq if w.mode == WRITE), "queued writer count"
         if s.upgrading is not None:
             assert s.upg is s.upgrading.task and writer is None, "upgrade pending without hold"
         if s.upgraded:
@@ -884,9 +897,11 @@ class RWLock:
             if s.upgrading is not None:
                 assert readers, "a pending upgrade was not granted with no readers left"
             else:
-                limit = s.first_writer_ticket()
+                # (a writer Task.cancel() got to, whose task has not run yet, still counts: the
+                # next dispatch, at the latest when that task leaves, drops it)
+                limit = min((w.ticket for w in s.wq if w.mode == WRITE), default=_NO_LIMIT)
                 assert all(w.ticket > limit for w in s.rq), "a reader waits for no reason"
-                head = s.wq.first()
+                head = next(iter(s.wq), None)
                 if head is not None and head.mode == WRITE:
                     assert readers or s.upg is not None, "a writer waits on a free lock"
                 elif head is not None:
@@ -898,7 +913,7 @@ class RWLock:
             blocking: set[Any] = set()
             if s.rq or s.wq:
                 blocking.update(t for t in (writer, s.upg) if t is not None)
-            if s.qwriters or s.upgrading is not None:
+            if s.wq.writers or s.upgrading is not None:
                 blocking.update(readers)
             missing = blocking - set(s.watched)
             assert not missing, f"holders not watched while tasks wait for them: {missing}"
@@ -1172,7 +1187,7 @@ class WriteLock(_View):
                 rw._try_write(task)  # raises the DeadlockError that explains it
         if stamp != rw._version or stamp & 1:
             return False
-        if s is not None and (s.qwriters or s.upgrading is not None):
+        if s is not None and (s.wq.writers or s.upgrading is not None):
             return False  # a queued writer (or a pending upgrade) will write first
         await self.acquire()
         if rw._version == stamp + 1:  # ours is the only write acquisition since the stamp
