@@ -31,98 +31,54 @@ else:
     K = TypeVar("K", bound=Hashable)
 
 
-class _PinnedLock(Lock):  # type: ignore[misc]
-    """A Lock that pins itself into its table whenever it is acquired."""
+class _Pinning:
+    """Mixin for the locks a table makes: whenever one is acquired, its lock (the RWLock, for a
+    view) is pinned into the table; a release that leaves it idle unpins it."""
 
-    __slots__ = ("_pins",)
-
-    _pins: dict[int, Any]
-
-    def __aenter__(self) -> Awaitable[None]:
-        self._pins[id(self)] = self
-        return Lock.__aenter__(self)
-
-    def acquire_nowait(self) -> None:
-        self._pins[id(self)] = self
-        Lock.acquire_nowait(self)
-
-    def release(self) -> None:
-        Lock.release(self)
-        if not self._in_use():
-            self._pins.pop(id(self), None)
-
-    def __aexit__(self, *exc_info: Any) -> Awaitable[None]:
-        self.release()
-        return READY
-
-
-class _PinnedRead(ReadLock):  # type: ignore[misc]
-    __slots__ = ("_pins",)
+    __slots__ = ()
 
     _pins: dict[int, Any]
 
+    def _target(self) -> Any:
+        return getattr(self, "_rw", self)
+
+    def _pin(self) -> None:
+        target = self._target()
+        self._pins[id(target)] = target
+
     def __aenter__(self) -> Awaitable[None]:
-        self._pins[id(self._rw)] = self._rw
-        return ReadLock.__aenter__(self)
+        self._pin()
+        return super().__aenter__()  # type: ignore[misc, no-any-return]
 
     def acquire_nowait(self) -> None:
-        self._pins[id(self._rw)] = self._rw
-        ReadLock.acquire_nowait(self)
+        self._pin()
+        super().acquire_nowait()  # type: ignore[misc]
 
     def release(self) -> None:
-        ReadLock.release(self)
-        if not self._rw._in_use():
-            self._pins.pop(id(self._rw), None)
+        super().release()  # type: ignore[misc]
+        target = self._target()
+        if not target._in_use():
+            self._pins.pop(id(target), None)
 
-    def __aexit__(self, *exc_info: Any) -> Awaitable[None]:
-        self.release()
+    def __aexit__(self, *exc_info: object) -> Awaitable[None]:
+        self.release()  # the base's fast path would skip the unpinning
         return READY
 
 
-class _PinnedWrite(WriteLock):  # type: ignore[misc]
+class _PinnedLock(_Pinning, Lock):  # type: ignore[misc]
     __slots__ = ("_pins",)
 
-    _pins: dict[int, Any]
 
-    def __aenter__(self) -> Awaitable[None]:
-        self._pins[id(self._rw)] = self._rw
-        return WriteLock.__aenter__(self)
-
-    def acquire_nowait(self) -> None:
-        self._pins[id(self._rw)] = self._rw
-        WriteLock.acquire_nowait(self)
-
-    def release(self) -> None:
-        WriteLock.release(self)
-        if not self._rw._in_use():
-            self._pins.pop(id(self._rw), None)
-
-    def __aexit__(self, *exc_info: Any) -> Awaitable[None]:
-        self.release()
-        return READY
-
-
-class _PinnedUpgradable(UpgradableLock):  # type: ignore[misc]
+class _PinnedRead(_Pinning, ReadLock):  # type: ignore[misc]
     __slots__ = ("_pins",)
 
-    _pins: dict[int, Any]
 
-    def __aenter__(self) -> Awaitable[None]:
-        self._pins[id(self._rw)] = self._rw
-        return UpgradableLock.__aenter__(self)
+class _PinnedWrite(_Pinning, WriteLock):  # type: ignore[misc]
+    __slots__ = ("_pins",)
 
-    def acquire_nowait(self) -> None:
-        self._pins[id(self._rw)] = self._rw
-        UpgradableLock.acquire_nowait(self)
 
-    def release(self) -> None:
-        UpgradableLock.release(self)
-        if not self._rw._in_use():
-            self._pins.pop(id(self._rw), None)
-
-    def __aexit__(self, *exc_info: Any) -> Awaitable[None]:
-        self.release()
-        return READY
+class _PinnedUpgradable(_Pinning, UpgradableLock):  # type: ignore[misc]
+    __slots__ = ("_pins",)
 
 
 class _Keyed(Generic[L, K]):
