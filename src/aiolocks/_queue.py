@@ -15,6 +15,21 @@ machines.  The rules it enforces:
 ``home`` is the primitive whose queue holds the waiter; it implements :class:`Parker`.  A waiter
 may change home while it sleeps: a notified ``Condition`` waiter moves into its lock's queue and
 wakes up holding the lock (trio's "repark").
+
+The cancellation cases, all handled here or in ``Waiter.abandon``:
+
+1. cancelled while queued (trio's abort, or an asyncio cancel scope / ``Task.cancel()`` whose
+   task runs before any grant): ``home._waiter_gone`` removes it and admits whoever can go;
+2. on asyncio, ``Task.cancel()`` cancelled its future but its task has not run yet: the waiter
+   is *lost* (no grant can reach it).  The queue skips and drops it when it reaches the head,
+   so a releaser never hands a grant to it; when its task runs, it finds itself ``GONE``;
+3. granted, then cancelled before its task ran (asyncio only: a cancel scope that fires after
+   the grant): it owns what it asked for but is leaving, so ``home._grant_abandoned`` gives it
+   back, which hands it on.
+
+Debug mode (``aiolocks.debug``) attaches from outside: ``enable()`` swaps instrumented
+methods into the primitives' classes and sets :data:`waiting`; nothing here or in the
+primitives checks a flag on the fast paths.
 """
 
 from __future__ import annotations
