@@ -138,9 +138,6 @@ class _RWState:
         # releases that level.
         self.downgraded: set[Any] = set()
 
-    def has_waiters(self) -> bool:
-        return bool(self.rq or self.wq or self.upgrading is not None)
-
 
 @final
 class RWLock:
