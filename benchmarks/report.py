@@ -260,6 +260,11 @@ def _scaling_table(col: Collector, series: str) -> list[str]:
     return out
 
 
+def _image(alt: str, name: str) -> str:
+    """An image that links to itself: on a phone, a tap shows the plot at full size."""
+    return f"[![{alt}]({name})]({name})"
+
+
 def write_report(out_dir: Path, col: Collector, header: str, tables: str) -> list[Path]:
     """Write ``report.md`` and the plots into ``out_dir``; return the paths written."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -307,7 +312,7 @@ def write_report(out_dir: Path, col: Collector, header: str, tables: str) -> lis
         md += [f"## {SCALING.get(s, s)}", ""]
         name = f"scaling_{_slug(s)}.png"
         if any(img == name for img, _ in images):
-            md += [f"![{SCALING.get(s, s)}]({name})", ""]
+            md += [_image(SCALING.get(s, s), name), ""]
         md += _scaling_table(col, s)
     if checks:
         passed = sum(c.status == "PASS" for c in checks)
@@ -320,7 +325,7 @@ def write_report(out_dir: Path, col: Collector, header: str, tables: str) -> lis
             "",
         ]
         if any(img == "targets.png" for img, _ in images):
-            md += ["![Performance targets: measured ratio vs target](targets.png)", ""]
+            md += [_image("Performance targets: measured ratio vs target", "targets.png"), ""]
     md += ["## Every measurement of the run", "", tables]
     path = out_dir / "report.md"
     path.write_text("\n".join(md).rstrip() + "\n")
