@@ -20,9 +20,10 @@ import _peers as P
 from _harness import Check, Collector, Result, fmt_value
 from _scenarios import SCALING
 
-# Sized for the docs page: a figure FIG_WIDTH inches wide is shown about 690 px wide in the
+# Sized for the docs page: a figure FIG_WIDTH inches wide is shown about 750 px wide in the
 # content column of a 1280 px window, so a FONT_SIZE pt label shows at about
-# FONT_SIZE * 690 / (72 * FIG_WIDTH) px: 12 pt at 7 in is 16 px, the body text's size.
+# FONT_SIZE * 750 / (72 * FIG_WIDTH) px: 12 pt at 7 in is 18 px, a little over the body text's
+# 16 px.
 # DPI 160 (1,120 px wide) keeps the text sharp when the browser scales it down.
 FIG_WIDTH = 7.0
 FONT_SIZE = 12
