@@ -12,6 +12,7 @@ tasks) and then the full table of the run. Without matplotlib only ``report.md``
 from __future__ import annotations
 
 import re
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,14 @@ import _peers as P
 from _harness import Check, Collector, Result, fmt_value
 from _scenarios import SCALING
 
-DPI = 100
+# Sized for the docs page: a figure FIG_WIDTH inches wide is shown about 750 px wide in the
+# content column of a 1280 px window, so a FONT_SIZE pt label shows at about
+# FONT_SIZE * 750 / (72 * FIG_WIDTH) px: 12 pt at 7 in is 18 px, a little over the body text's
+# 16 px.
+# DPI 160 (1,120 px wide) keeps the text sharp when the browser scales it down.
+FIG_WIDTH = 7.0
+FONT_SIZE = 12
+DPI = 160
 
 # One colour per candidate in every plot: aiolocks in blues/purples, peers in their own colours.
 COLOURS = {
@@ -79,25 +87,33 @@ def plot_scaling(col: Collector, series: str, path: Path, plt: Any) -> None:
     data = scaling_points(col)[series]
     backends = list(data)
     fig, axes = plt.subplots(
-        1, len(backends), figsize=(5.2 * len(backends), 4.2), sharey=True, squeeze=False
+        1,
+        len(backends),
+        figsize=(FIG_WIDTH, 6.2),
+        sharey=True,
+        squeeze=False,
+        layout="constrained",
     )
     values = [r.value for b in data.values() for pts in b.values() for _, r in pts]
     ratio = max(values) / min(values) if values and min(values) > 0 else 1.0
+    legend: dict[str, Any] = {}  # label -> line, one entry per candidate over all panels
     for ax, backend in zip(axes[0], backends, strict=False):
         ref = _reference_of(col, series, backend)
         for cand, pts in data[backend].items():
             xs = [x for x, _ in pts]
             ys = [r.value * 1e6 for _, r in pts]
-            ax.plot(
+            label = _label(cand, series) + (" (reference)" if cand == ref else "")
+            (line,) = ax.plot(
                 xs,
                 ys,
                 marker="o",
-                markersize=4,
-                linewidth=2.2 if _ours(cand) else 1.4,
+                markersize=5,
+                linewidth=2.4 if _ours(cand) else 1.6,
                 linestyle="--" if cand in (ref, P.BARE_TASKS) else "-",
                 color=COLOURS.get(cand),
-                label=_label(cand, series) + (" (reference)" if cand == ref else ""),
+                label=label,
             )
+            legend.setdefault(label, line)
         ax.set_xscale("log")
         if ratio > 20:  # a peer that degrades with the number of tasks: keep all in view
             ax.set_yscale("log")
@@ -109,14 +125,22 @@ def plot_scaling(col: Collector, series: str, path: Path, plt: Any) -> None:
         ax.set_xticks(xs_all)
         ax.set_xticklabels([f"{x:,.0f}" for x in xs_all])
         ax.minorticks_off()
-        ax.set_xlabel("number of readers" if series == "readers" else "number of tasks")
-        ax.set_title(backend, fontsize=11)
+        ax.set_xlabel("readers" if series == "readers" else "tasks")
+        ax.set_title(backend, fontweight="bold")
         ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize=7.5, loc="best")
     unit = "reader" if series == "readers" else "acquisition"
     axes[0][0].set_ylabel(f"µs per {unit} (lower is better)")
-    fig.suptitle(SCALING.get(series, series), fontsize=11)
-    fig.tight_layout()
+    # One legend under the panels: inside a panel it would hide the lines it explains.
+    fig.legend(
+        list(legend.values()),
+        list(legend),
+        loc="outside lower center",
+        ncol=1,
+        frameon=False,
+        handlelength=2.6,
+    )
+    fig.get_layout_engine().set(wspace=0.06)  # keeps "10,000" clear of the next panel's "1"
+    fig.suptitle(_wrap(SCALING.get(series, series), 48), fontweight="bold")
     _save(fig, path, plt)
 
 
@@ -127,7 +151,7 @@ def target_checks(col: Collector) -> list[Check]:
 
 def _save(fig: Any, path: Path, plt: Any) -> None:
     """Save at ``DPI``, then re-encode with a small palette: plots have few colours, and
-    this keeps each PNG well under 150 KB (the docs include them)."""
+    this keeps each PNG under about 200 KB (the docs include them)."""
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     try:
@@ -139,41 +163,72 @@ def _save(fig: Any, path: Path, plt: Any) -> None:
     small.save(path, optimize=True)
 
 
+def _wrap(text: str, width: int) -> str:
+    return "\n".join(textwrap.wrap(text, width))
+
+
 def _short(cand: str) -> str:
-    return cand.replace("fast_acquire=True", "fast")
+    """A candidate as a row label of the targets plot: every row there is aiolocks."""
+    cand = cand.replace("fast_acquire=True", "fast").removeprefix("aiolocks.")
+    return cand.replace("rw.optimistic_read() + rw.validate(stamp)", "optimistic_read")
+
+
+def _target_text(c: Check) -> str:
+    ratio = f"{c.ratio:.2f} x" if c.ratio is not None else "n/a"
+    return f"{ratio}  (target {c.target.replace('<=', '≤').replace('>=', '≥')})"
 
 
 def plot_targets(checks: list[Check], path: Path, plt: Any) -> None:
-    n = len(checks)
-    fig, ax = plt.subplots(figsize=(10, 0.3 * n + 1.3))
-    ys = list(range(n))[::-1]
-    ratios = [c.ratio if c.ratio is not None else float("nan") for c in checks]
-    colours = [
-        "#2ca02c" if c.status == "PASS" else "#d62728" if c.status == "MISS" else "#bbbbbb"
-        for c in checks
-    ]
-    ax.barh(ys, [r if r == r else 0 for r in ratios], color=colours, height=0.6, left=0)
-    for y, c in zip(ys, checks, strict=False):
-        ax.plot([c.limit, c.limit], [y - 0.4, y + 0.4], color="black", linewidth=2)
-        text = f"{c.ratio:.2f} x" if c.ratio is not None else "n/a"
-        ax.text(
-            max(c.ratio or 0, c.limit or 0) * 1.03 + 0.02,
-            y,
-            f"{text} {_short(c.reference or '')}  (target {c.target})",
-            va="center",
-            fontsize=7,
-        )
+    """One group per scenario (a bold heading naming the peer), one bar per target."""
+    groups: dict[str, list[Check]] = {}
+    for c in checks:
+        groups.setdefault(c.name, []).append(c)
+    headings = {name: _wrap(f"{name} vs {_peers(g)}", 56).split("\n") for name, g in groups.items()}
+    rows = len(checks) + sum(len(h) for h in headings.values())
+    fig, ax = plt.subplots(figsize=(FIG_WIDTH, rows * 0.32 + 1.4), layout="constrained")
+    peak = max([c.ratio or 0 for c in checks] + [c.limit or 0 for c in checks] + [1.0])
+    xmax = peak * 2.1  # room for the value after the longest bar
+    y = rows - 1
+    ys, labels = [], []
+    for name, group in groups.items():
+        for line in headings[name]:
+            text = ax.annotate(
+                line,
+                xy=(0.01, y),
+                xycoords=("figure fraction", "data"),
+                va="center",
+                fontweight="bold",
+                # over the axis line and the 1.0 line, which would cross it
+                bbox={"facecolor": "white", "edgecolor": "none", "pad": 1},
+                zorder=5,
+            )
+            text.set_in_layout(False)  # it spans the labels' column and the bars
+            y -= 1
+        for c in group:
+            colour = {"PASS": "#2ca02c", "MISS": "#d62728"}.get(c.status, "#bbbbbb")
+            ax.barh(y, c.ratio or 0, color=colour, height=0.62)
+            ax.plot([c.limit, c.limit], [y - 0.42, y + 0.42], color="black", linewidth=2.2)
+            ax.text(max(c.ratio or 0, c.limit or 0) + xmax * 0.02, y, _target_text(c), va="center")
+            ys.append(y)
+            labels.append(f"{c.backend}: {_short(c.candidate)}")
+            y -= 1
     ax.set_yticks(ys)
-    ax.set_yticklabels(
-        [f"{c.name} [{c.backend}]  {_short(c.candidate)}" for c in checks], fontsize=7
+    ax.set_yticklabels(labels)
+    ax.tick_params(axis="y", length=0)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    ax.set_ylim(-0.6, rows - 0.4)
+    ax.axvline(1.0, color="#888888", linewidth=1, linestyle=":")
+    ax.set_xlim(0, xmax)
+    ax.set_xlabel("ratio to the peer\n(bar: measured, black tick: target)")
+    fig.suptitle(
+        "Performance targets: aiolocks vs its peers,\nmeasured in one run", fontweight="bold"
     )
-    ax.axvline(1.0, color="#888888", linewidth=0.8, linestyle=":")
-    top = max([r for r in ratios if r == r] + [c.limit or 0 for c in checks] + [1.0])
-    ax.set_xlim(0, top * 1.7)
-    ax.set_xlabel("ratio to the peer named in the target (bar: measured; black tick: target)")
-    ax.set_title("Performance targets: aiolocks vs its peers, measured in one run", fontsize=11)
-    fig.tight_layout()
     _save(fig, path, plt)
+
+
+def _peers(group: list[Check]) -> str:
+    return " / ".join(dict.fromkeys(c.reference or "" for c in group))
 
 
 def _scaling_table(col: Collector, series: str) -> list[str]:
@@ -206,6 +261,11 @@ def _scaling_table(col: Collector, series: str) -> list[str]:
     return out
 
 
+def _image(alt: str, name: str) -> str:
+    """An image that links to itself: on a phone, a tap shows the plot at full size."""
+    return f"[![{alt}]({name})]({name})"
+
+
 def write_report(out_dir: Path, col: Collector, header: str, tables: str) -> list[Path]:
     """Write ``report.md`` and the plots into ``out_dir``; return the paths written."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -224,7 +284,17 @@ def write_report(out_dir: Path, col: Collector, header: str, tables: str) -> lis
     checks = target_checks(col)
     images: list[tuple[str, str]] = []
     if plt is not None:
-        plt.rcParams.update({"font.size": 9})
+        plt.rcParams.update(
+            {
+                "font.size": FONT_SIZE,
+                "axes.titlesize": FONT_SIZE + 1,
+                "figure.titlesize": FONT_SIZE + 1,
+                "axes.labelsize": FONT_SIZE,
+                "xtick.labelsize": FONT_SIZE,
+                "ytick.labelsize": FONT_SIZE,
+                "legend.fontsize": FONT_SIZE,
+            }
+        )
         for s in series:
             path = out_dir / f"scaling_{_slug(s)}.png"
             plot_scaling(col, s, path, plt)
@@ -243,7 +313,7 @@ def write_report(out_dir: Path, col: Collector, header: str, tables: str) -> lis
         md += [f"## {SCALING.get(s, s)}", ""]
         name = f"scaling_{_slug(s)}.png"
         if any(img == name for img, _ in images):
-            md += [f"![{SCALING.get(s, s)}]({name})", ""]
+            md += [_image(SCALING.get(s, s), name), ""]
         md += _scaling_table(col, s)
     if checks:
         passed = sum(c.status == "PASS" for c in checks)
@@ -256,7 +326,7 @@ def write_report(out_dir: Path, col: Collector, header: str, tables: str) -> lis
             "",
         ]
         if any(img == "targets.png" for img, _ in images):
-            md += ["![Performance targets: measured ratio vs target](targets.png)", ""]
+            md += [_image("Performance targets: measured ratio vs target", "targets.png"), ""]
     md += ["## Every measurement of the run", "", tables]
     path = out_dir / "report.md"
     path.write_text("\n".join(md).rstrip() + "\n")
