@@ -336,7 +336,7 @@ class Condition:
     def _levels(self, task: Any) -> int:
         """How many levels ``task`` holds (refusing holds wait() cannot give back)."""
         if self._kind == _WRITER:
-            s = self._rw._s
+            s = self._rw._slow
             if s is None:
                 return 1
             if s.upgraded:
@@ -344,12 +344,12 @@ class Condition:
                     f"wait() on {self!r}: the write hold came from upgrade(); wait on a "
                     "condition over rw.writer with a plain write hold"
                 )
-            if s.wreads:
+            if s.writer_reads:
                 raise RuntimeError(
                     f"wait() on {self!r}: this task holds read levels on top of its write "
                     "hold; release them before waiting"
                 )
-            return 1 + s.wextra  # type: ignore[no-any-return]
+            return 1 + s.extra_write_levels  # type: ignore[no-any-return]
         if self._kind == _READER:
             return self._rw._readers[task]  # type: ignore[no-any-return]
         return 1
@@ -360,8 +360,8 @@ class Condition:
             self._lock._release()
         elif kind == _WRITER:
             rw = self._rw
-            if rw._s is not None:
-                rw._s.wextra = 0
+            if rw._slow is not None:
+                rw._slow.extra_write_levels = 0
             rw._release_write(task)
         elif kind == _READER:
             rw = self._rw
@@ -373,7 +373,7 @@ class Condition:
     def _restore(self, task: Any, levels: int) -> None:
         if levels > 1:
             if self._kind == _WRITER:
-                self._rw._state().wextra = levels - 1
+                self._rw._state().extra_write_levels = levels - 1
             elif self._kind == _READER:
                 self._rw._readers[task] = levels
 

@@ -4,7 +4,7 @@ One state (on the :class:`RWLock`) and three lock-like views over it: ``reader``
 and ``upgradable``.  The uncontended paths touch only the RWLock's own slots; everything that
 exists only under contention or in rarer modes (queues, upgradable hold, re-entrant write levels,
 a broken owner, watched holders) lives in an ``_RWState`` that is created on demand and dropped
-as soon as the lock is back to a plain state, so ``_s is None`` is the fast-path test.
+as soon as the lock is back to a plain state, so ``_slow is None`` is the fast-path test.
 """
 
 from __future__ import annotations
@@ -111,26 +111,26 @@ class _RWState:
     __slots__ = (
         "broken",
         "downgraded",
-        "rq",
+        "extra_write_levels",
+        "read_queue",
         "ticket",
-        "upg",
         "upgraded",
+        "upgrader",
         "upgrading",
         "watched",
-        "wextra",
-        "wq",
-        "wreads",
+        "write_queue",
+        "writer_reads",
     )
 
     def __init__(self) -> None:
-        self.rq = WaitQueue()  # readers waiting (admitted together)
-        self.wq = _WriteQueue()  # writers and upgradable requests waiting, FIFO
+        self.read_queue = WaitQueue()  # readers waiting (admitted together)
+        self.write_queue = _WriteQueue()  # writers and upgradable requests waiting, FIFO
         self.ticket = 0  # arrival order of waiters
-        self.upg: Any = None  # task holding the upgradable lock
+        self.upgrader: Any = None  # task holding the upgradable lock
         self.upgraded = False  # the writer's hold came from upgrade()
         self.upgrading: Waiter | None = None  # the upgradable holder waiting in upgrade()
-        self.wextra = 0  # re-entrant write levels beyond the first
-        self.wreads = 0  # read levels the writer took on top of its write hold
+        self.extra_write_levels = 0  # re-entrant write levels beyond the first
+        self.writer_reads = 0  # read levels the writer took on top of its write hold
         self.broken = False  # a holder exited holding it
         self.watched: dict[Any, Any] = {}  # holder task -> token, while tasks wait
         # Tasks whose read hold came from writer.downgrade(): one of their read levels stands
@@ -182,8 +182,8 @@ class RWLock:
 
     # Invariants (checked by _check_invariants after every step of the stress and model tests):
     #   _writer is not None      implies  no task in _readers (the writer's own read levels
-    #                                     are counted in _s.wreads)
-    #   _s is None               implies  no waiters, no upgradable hold, one write level
+    #                                     are counted in _slow.writer_reads)
+    #   _slow is None            implies  no waiters, no upgradable hold, one write level
     #   a reader waits           only while a writer holds, an upgrade is pending, or a writer
     #                                     that arrived before it is queued
     #   nothing grantable waits  (after every operation: no lost hand-off)
@@ -193,7 +193,7 @@ class RWLock:
         "_loop",
         "_readers",
         "_rv",
-        "_s",
+        "_slow",
         "_tid",
         "_uv",
         "_version",
@@ -207,7 +207,7 @@ class RWLock:
         self._readers: dict[Any, int] | None = None  # task -> read levels
         self._writer: Any = None
         self._version = 0
-        self._s: _RWState | None = None
+        self._slow: _RWState | None = None
         self._loop: Any = None
         self._tid: Any = None
         self._rv: ReadLock | None = None
@@ -348,16 +348,16 @@ class RWLock:
         parts = []
         if self._writer is not None:
             parts.append(f"write-held by {who(self._writer)}")
-        s = self._s
-        if s is not None and s.upg is not None and not s.upgraded:
-            parts.append(f"upgradable held by {who(s.upg)}")
+        s = self._slow
+        if s is not None and s.upgrader is not None and not s.upgraded:
+            parts.append(f"upgradable held by {who(s.upgrader)}")
         readers = len(self._read_holders())
         if readers:
             parts.append(f"{readers} reader(s)")
         if s is not None:
-            if s.rq:
-                parts.append(f"{len(s.rq)} reader(s) waiting")
-            waiting = len(s.wq) + (s.upgrading is not None)
+            if s.read_queue:
+                parts.append(f"{len(s.read_queue)} reader(s) waiting")
+            waiting = len(s.write_queue) + (s.upgrading is not None)
             if waiting:
                 parts.append(f"{waiting} writer(s) waiting")
             if s.broken:
@@ -367,15 +367,15 @@ class RWLock:
 
     def statistics(self) -> RWLockStatistics:
         """Return a :class:`RWLockStatistics` snapshot."""
-        s = self._s
+        s = self._slow
         readers = len(self._read_holders())
         if s is None:
             return RWLockStatistics(readers, task_info(self._writer), 0, 0, self._version)
         return RWLockStatistics(
             readers,
             task_info(self._writer),
-            len(s.rq),
-            len(s.wq) + (s.upgrading is not None),
+            len(s.read_queue),
+            len(s.write_queue) + (s.upgrading is not None),
             self._version,
         )
 
@@ -390,13 +390,13 @@ class RWLock:
         it also took plain read levels.
         """
         out: list[tuple[Any, str]] = []
-        writer, s = self._writer, self._s
+        writer, s = self._writer, self._slow
         if writer is not None:
             out.append((writer, "write"))
-            if s is not None and s.wreads:
+            if s is not None and s.writer_reads:
                 out.append((writer, "read"))
-        if s is not None and s.upg is not None and not s.upgraded:
-            out.append((s.upg, "upgradable"))
+        if s is not None and s.upgrader is not None and not s.upgraded:
+            out.append((s.upgrader, "upgradable"))
         out += [(task, "read") for task in self._readers or ()]
         return out
 
@@ -407,9 +407,9 @@ class RWLock:
     # -- deciding: grant now (True), wait (False), or refuse (raise) -------------------------
 
     def _state(self) -> _RWState:
-        s = self._s
+        s = self._slow
         if s is None:
-            s = self._s = _RWState()
+            s = self._slow = _RWState()
         return s
 
     def _try_read(self, task: Any) -> bool:
@@ -420,21 +420,23 @@ class RWLock:
         if n is not None:  # re-entrant: never queue behind writers (that is the classic hang)
             readers[task] = n + 1
             return True
-        s = self._s
+        s = self._slow
         if self._writer is task:
-            self._state().wreads += 1
+            self._state().writer_reads += 1
             return True
-        if s is not None and s.upg is task:
+        if s is not None and s.upgrader is task:
             readers[task] = 1
             return True
-        if self._writer is None and (s is None or (s.upgrading is None and not s.wq.writers)):
+        if self._writer is None and (
+            s is None or (s.upgrading is None and not s.write_queue.writers)
+        ):
             readers[task] = 1
             return True
         return False
 
     def _try_write(self, task: Any) -> bool:
         if self._writer is task:
-            self._state().wextra += 1
+            self._state().extra_write_levels += 1
             return True
         readers = self._readers
         if readers and task in readers:
@@ -443,8 +445,8 @@ class RWLock:
                 "wait for itself (and two such readers for each other) forever. Release the read "
                 "lock first, or take rw.upgradable and call upgrade()"
             )
-        s = self._s
-        if s is not None and s.upg is task:
+        s = self._slow
+        if s is not None and s.upgrader is task:
             raise DeadlockError(
                 f"{self!r}: this task holds the upgradable lock; use rw.upgradable.upgrade() "
                 "to get the write lock"
@@ -454,15 +456,15 @@ class RWLock:
                 self._writer = task
                 self._version += 1
                 return True
-            if s.upg is None and not s.wq:
+            if s.upgrader is None and not s.write_queue:
                 self._writer = task
                 self._version += 1
                 return True
         return False
 
     def _try_upgradable(self, task: Any) -> bool:
-        s = self._s
-        if self._writer is task or (s is not None and s.upg is task):
+        s = self._slow
+        if self._writer is task or (s is not None and s.upgrader is task):
             raise DeadlockError(
                 f"{self!r}: this task already holds the "
                 f"{'write' if self._writer is task else 'upgradable'} lock; the upgradable "
@@ -473,8 +475,8 @@ class RWLock:
                 f"{self!r}: this task holds a read lock; it could never upgrade. Take the "
                 "upgradable lock instead of (not on top of) the read lock"
             )
-        if self._writer is None and (s is None or (s.upg is None and not s.wq)):
-            self._state().upg = task
+        if self._writer is None and (s is None or (s.upgrader is None and not s.write_queue)):
+            self._state().upgrader = task
             return True
         return False
 
@@ -492,22 +494,22 @@ class RWLock:
         return self._wait(task, mode)
 
     async def _wait(self, task: Any, mode: int) -> None:
-        s = self._s
+        s = self._slow
         if s is None:
-            s = self._s = _RWState()
+            s = self._slow = _RWState()
         writer = self._writer
-        if writer is None or writer not in s.watched or self._readers or s.upg is not None:
+        if writer is None or writer not in s.watched or self._readers or s.upgrader is not None:
             self._watch_holders(s)  # may find a holder already gone and break the lock
         if s.broken:
             raise BrokenResourceError(self._broken_message())
         s.ticket += 1
         waiter = new_waiter(self._loop, self, task, mode, s.ticket)
         if mode == READ:
-            s.rq.append(waiter)
+            s.read_queue.append(waiter)
         elif mode == UPGRADE:
             s.upgrading = waiter
         else:
-            s.wq.append(waiter)
+            s.write_queue.append(waiter)
         try:
             await waiter
         except BaseException:
@@ -521,10 +523,10 @@ class RWLock:
         of the hold for a while; a hold that came from ``downgrade()`` stays marked as such."""
         readers = self._readers
         n = readers.get(task) if readers else None
-        s = self._s
+        s = self._slow
         if n is None:
-            if self._writer is task and s is not None and s.wreads:
-                s.wreads -= 1
+            if self._writer is task and s is not None and s.writer_reads:
+                s.writer_reads -= 1
                 self._maybe_idle(s)
                 return
             raise not_holding("reader.release()", self, task, self._read_holders())
@@ -543,23 +545,23 @@ class RWLock:
 
     def _release_write(self, task: Any, *, whole_upgrade: bool = False) -> None:
         if self._writer is not task:
-            s = self._s
+            s = self._slow
             if s is not None and task in s.downgraded:
                 # writer.downgrade() turned this write hold into a read hold: releasing the
                 # write hold (leaving ``async with rw.writer``) releases what it became.
                 s.downgraded.discard(task)
                 self._release_read(task)
-                if self._s is s:
+                if self._slow is s:
                     self._maybe_idle(s)
                 return
             raise not_holding("writer.release()", self, task, (self._writer,))
-        s = self._s
+        s = self._slow
         if s is None:
             self._writer = None
             self._version += 1
             return
-        if s.wextra:
-            s.wextra -= 1
+        if s.extra_write_levels:
+            s.extra_write_levels -= 1
             return
         if s.upgraded:
             if not whole_upgrade:
@@ -569,33 +571,33 @@ class RWLock:
                     "rw.writer.downgrade()"
                 )
             s.upgraded = False
-            s.upg = None
+            s.upgrader = None
         self._writer = None
         self._version += 1
-        if s.wreads:  # read levels taken on top of the write hold outlive it
+        if s.writer_reads:  # read levels taken on top of the write hold outlive it
             readers = self._readers
             if readers is None:
                 readers = self._readers = {}
-            readers[task] = s.wreads
-            s.wreads = 0
+            readers[task] = s.writer_reads
+            s.writer_reads = 0
         if task in s.watched and not (self._readers and task in self._readers):
             unwatch(task, s.watched.pop(task))
         self._dispatch(s, True)
-        if not (s.rq or s.wq):
+        if not (s.read_queue or s.write_queue):
             self._maybe_idle(s)
 
     def _release_upgradable(self, task: Any) -> None:
-        s = self._s
-        if s is None or s.upg is not task:
-            raise not_holding("upgradable.release()", self, task, (s.upg if s else None,))
+        s = self._slow
+        if s is None or s.upgrader is not task:
+            raise not_holding("upgradable.release()", self, task, (s.upgrader if s else None,))
         if s.upgraded:
-            if s.wextra:
+            if s.extra_write_levels:
                 raise RuntimeError(
                     f"{self!r}: release the re-entrant write levels taken after upgrade() first"
                 )
             self._release_write(task, whole_upgrade=True)
             return
-        s.upg = None
+        s.upgrader = None
         self._forget(s, task)
         self._dispatch(s, False)
         self._maybe_idle(s)
@@ -603,11 +605,11 @@ class RWLock:
     def _downgrade(self, task: Any) -> None:
         if self._writer is not task:
             raise not_holding("writer.downgrade()", self, task, (self._writer,))
-        s = self._s
-        if s is not None and s.wextra:
+        s = self._slow
+        if s is not None and s.extra_write_levels:
             raise RuntimeError(
                 f"{self!r}: writer.downgrade() while the write lock is held re-entrantly "
-                f"({s.wextra + 1} levels); release the inner levels first"
+                f"({s.extra_write_levels + 1} levels); release the inner levels first"
             )
         self._writer = None
         self._version += 1
@@ -616,7 +618,7 @@ class RWLock:
             readers = self._readers = {}
         extra = 0
         if s is not None:
-            extra, s.wreads = s.wreads, 0
+            extra, s.writer_reads = s.writer_reads, 0
         if s is not None and s.upgraded:
             s.upgraded = False  # back to the upgradable hold
             if extra:
@@ -624,7 +626,7 @@ class RWLock:
         else:
             readers[task] = 1 + extra
             if s is None:
-                s = self._s = _RWState()
+                s = self._slow = _RWState()
             s.downgraded.add(task)
         self._dispatch(s, True)
         self._maybe_idle(s)
@@ -657,7 +659,7 @@ class RWLock:
                 up.grant()
                 return
             up.state = GONE  # Task.cancel() got there first: as if it had never asked
-        rq, wq = s.rq, s.wq
+        rq, wq = s.read_queue, s.write_queue
         if rq:
             limit = _NO_LIMIT if phase_fair else wq.first_writer_ticket()
             readers = self._readers
@@ -668,7 +670,7 @@ class RWLock:
                 readers[w.task] = 1
                 w.grant()
         w = wq.first()
-        if w is not None and s.upg is None and (w.mode != WRITE or not self._readers):
+        if w is not None and s.upgrader is None and (w.mode != WRITE or not self._readers):
             wq.pop_first()
             if w.mode == WRITE:
                 self._writer = task = w.task
@@ -678,41 +680,41 @@ class RWLock:
                 if (wq or rq) and task not in s.watched and not s.broken:
                     s.watched[task] = watch(self._loop, task, self._holder_exited)
                 return
-            s.upg = w.task
+            s.upgrader = w.task
             w.grant()
         if rq or wq or s.upgrading is not None:
             self._watch_holders(s)
 
     def _maybe_idle(self, s: _RWState) -> None:
-        if s.rq or s.wq or s.upgrading is not None:
+        if s.read_queue or s.write_queue or s.upgrading is not None:
             return
         if s.watched and not s.broken:
             for task, token in s.watched.items():
                 unwatch(task, token)
             s.watched.clear()
         if (
-            s.upg is None
+            s.upgrader is None
             and not s.upgraded
-            and not s.wextra
-            and not s.wreads
+            and not s.extra_write_levels
+            and not s.writer_reads
             and not s.broken
             and not s.watched
             and not s.downgraded
         ):
-            self._s = None
+            self._slow = None
 
     # -- the queue's callbacks -----------------------------------------------------------------
 
     def _waiter_gone(self, waiter: Waiter) -> None:
-        s = self._s
+        s = self._slow
         assert s is not None
         if waiter is s.upgrading:
             s.upgrading = None
             waiter.state = GONE
         elif waiter.mode == READ:
-            s.rq.remove(waiter)
+            s.read_queue.remove(waiter)
         else:
-            s.wq.remove(waiter)
+            s.write_queue.remove(waiter)
         self._dispatch(s, False)
         self._maybe_idle(s)
 
@@ -735,7 +737,7 @@ class RWLock:
         waiter.home = self
         waiter.mode = WRITE
         waiter.ticket = s.ticket
-        s.wq.append(waiter)
+        s.write_queue.append(waiter)
         if self._writer is None:  # a cancelled wait() just passed its notification on
             self._dispatch(s, False)
             self._maybe_idle(s)
@@ -746,7 +748,9 @@ class RWLock:
 
     def _holds(self, s: _RWState, task: Any) -> bool:
         return (
-            self._writer is task or s.upg is task or bool(self._readers and task in self._readers)
+            self._writer is task
+            or s.upgrader is task
+            or bool(self._readers and task in self._readers)
         )
 
     def _watch_holders(self, s: _RWState) -> None:
@@ -755,7 +759,7 @@ class RWLock:
             return
         watched = s.watched
         readers = self._readers
-        writer, upg = self._writer, s.upg
+        writer, upg = self._writer, s.upgrader
         holders = len(readers) if readers else 0
         if writer is not None:
             holders += 1
@@ -773,19 +777,19 @@ class RWLock:
             unwatch(task, s.watched.pop(task))
 
     def _holder_exited(self, task: Any) -> None:
-        s = self._s
+        s = self._slow
         if s is None or not self._holds(s, task):
             return
         s.watched.pop(task, None)
         s.downgraded.discard(task)
         s.broken = True
         message = self._broken_message(task)
-        failed = s.wq.take_all()
+        failed = s.write_queue.take_all()
         if s.upgrading is not None:
             failed.append(s.upgrading)
             s.upgrading = None
         if self._writer is task:
-            failed += s.rq.take_all()
+            failed += s.read_queue.take_all()
         for w in failed:
             w.fail(BrokenResourceError(message))
         self._dispatch(s, False)  # readers held back only by the failed writers may go
@@ -799,7 +803,7 @@ class RWLock:
     # -- misc --------------------------------------------------------------------------------
 
     def _in_use(self) -> bool:
-        return self._writer is not None or bool(self._readers) or self._s is not None
+        return self._writer is not None or bool(self._readers) or self._slow is not None
 
     # -- introspection for aiolocks.debug (never on a hot path) -------------------------------
 
@@ -809,10 +813,10 @@ class RWLock:
         return self._holders()
 
     def _debug_waiters(self) -> list[tuple[Waiter, str]]:
-        s = self._s
+        s = self._slow
         if s is None:
             return []
-        waiters = [*s.rq, *s.wq]
+        waiters = [*s.read_queue, *s.write_queue]
         if s.upgrading is not None:
             waiters.append(s.upgrading)
         waiters.sort(key=lambda w: w.ticket)
@@ -829,14 +833,14 @@ class RWLock:
         conflicts with; a reader held back by a queued writer (writer preference) depends on
         that writer, which is named so a reported cycle reads as it happens.
         """
-        s = self._s
+        s = self._slow
         writer, readers = self._writer, self._readers or {}
         m = waiter.mode if waiter is not None else _MODES.get(mode, UPGRADE)
         others = [t for t in readers if t is not task]
         if m == UPGRADE:
             return others
         if waiter is None and (
-            writer is task or task in readers or (s is not None and s.upg is task)
+            writer is task or task in readers or (s is not None and s.upgrader is task)
         ):
             return []  # re-entrant, or a request refused at once
         if m == READ:
@@ -845,17 +849,17 @@ class RWLock:
             if s is None:
                 return []
             limit = waiter.ticket if waiter is not None else _NO_LIMIT
-            first = next((w for w in s.wq if w.mode == WRITE and w.ticket < limit), None)
+            first = next((w for w in s.write_queue if w.mode == WRITE and w.ticket < limit), None)
             if first is not None:
                 return [first.task]
             return [s.upgrading.task] if s.upgrading is not None else []
-        upg = s.upg if s is not None else None
+        upg = s.upgrader if s is not None else None
         out = [t for t in (writer, upg) if t is not None and t is not task]
         if m == WRITE:
             out += others
         if not out and s is not None:  # only queued behind another request (FIFO)
             limit = waiter.ticket if waiter is not None else _NO_LIMIT
-            ahead = next((w for w in s.wq if w.ticket < limit), None)
+            ahead = next((w for w in s.write_queue if w.ticket < limit), None)
             if ahead is not None:
                 out = [ahead.task]
         return out
@@ -876,41 +880,45 @@ class RWLock:
             assert self._version % 2 == 1, "version even while write-held"
         else:
             assert self._version % 2 == 0, "version odd while not write-held"
-        s = self._s
+        s = self._slow
         if s is None:
             return
-        for q in (s.rq, s.wq):
+        for q in (s.read_queue, s.write_queue):
             assert all(w.state == WAITING and w.home is self for w in q), "a stale waiter queued"
-        assert all(w.mode == READ for w in s.rq)
-        assert s.wq.writers == sum(1 for w in s.wq if w.mode == WRITE), "queued writer count"
+        assert all(w.mode == READ for w in s.read_queue)
+        assert s.write_queue.writers == sum(1 for w in s.write_queue if w.mode == WRITE), (
+            "queued writer count"
+        )
         if s.upgrading is not None:
-            assert s.upg is s.upgrading.task and writer is None, "upgrade pending without hold"
+            assert s.upgrader is s.upgrading.task and writer is None, "upgrade pending without hold"
         if s.upgraded:
-            assert writer is not None and writer is s.upg, "upgraded without the upgrader writing"
-        elif s.upg is not None:
+            assert writer is not None and writer is s.upgrader, (
+                "upgraded without the upgrader writing"
+            )
+        elif s.upgrader is not None:
             assert writer is None, "writer alongside an upgradable holder"
         if writer is None:
-            assert not s.wextra and not s.wreads, "write levels without a writer"
+            assert not s.extra_write_levels and not s.writer_reads, "write levels without a writer"
             if s.upgrading is not None:
                 assert readers, "a pending upgrade was not granted with no readers left"
             else:
                 # (a writer Task.cancel() got to, whose task has not run yet, still counts: the
                 # next dispatch, at the latest when that task leaves, drops it)
-                limit = min((w.ticket for w in s.wq if w.mode == WRITE), default=_NO_LIMIT)
-                assert all(w.ticket > limit for w in s.rq), "a reader waits for no reason"
-                head = next(iter(s.wq), None)
+                limit = min((w.ticket for w in s.write_queue if w.mode == WRITE), default=_NO_LIMIT)
+                assert all(w.ticket > limit for w in s.read_queue), "a reader waits for no reason"
+                head = next(iter(s.write_queue), None)
                 if head is not None and head.mode == WRITE:
-                    assert readers or s.upg is not None, "a writer waits on a free lock"
+                    assert readers or s.upgrader is not None, "a writer waits on a free lock"
                 elif head is not None:
-                    assert s.upg is not None, "an upgradable request waits for no reason"
+                    assert s.upgrader is not None, "an upgradable request waits for no reason"
         if not s.broken:
             # Every holder that some waiter waits for is watched (a holder that exits breaks the
             # lock instead of stranding them).  Readers admitted next to queued upgradable
             # requests block nobody yet; a later waiter that needs them gone watches them.
             blocking: set[Any] = set()
-            if s.rq or s.wq:
-                blocking.update(t for t in (writer, s.upg) if t is not None)
-            if s.wq.writers or s.upgrading is not None:
+            if s.read_queue or s.write_queue:
+                blocking.update(t for t in (writer, s.upgrader) if t is not None)
+            if s.write_queue.writers or s.upgrading is not None:
                 blocking.update(readers)
             missing = blocking - set(s.watched)
             assert not missing, f"holders not watched while tasks wait for them: {missing}"
@@ -994,7 +1002,7 @@ class ReadLock(_View):
         task = task_of(rw._loop)
         if task is None or rw._tid != thread_mark():
             task = resolve_task(rw)
-        if rw._writer is None and rw._s is None:
+        if rw._writer is None and rw._slow is None:
             readers = rw._readers
             if readers is None:
                 readers = rw._readers = {}
@@ -1012,7 +1020,7 @@ class ReadLock(_View):
     ) -> Awaitable[None]:
         rw = self._rw
         readers = rw._readers
-        if rw._s is None and readers:  # no thread check: as in WriteLock.__aexit__
+        if rw._slow is None and readers:  # no thread check: as in WriteLock.__aexit__
             task = task_of(rw._loop)
             n = readers.get(task, 0)
             if n == 1:
@@ -1032,7 +1040,7 @@ class ReadLock(_View):
         if task is None or rw._tid != thread_mark():
             task = resolve_task(rw)
         readers = rw._readers
-        if rw._s is None and readers:
+        if rw._slow is None and readers:
             n = readers.get(task, 0)
             if n == 1:
                 del readers[task]
@@ -1067,7 +1075,7 @@ class WriteLock(_View):
         task = task_of(rw._loop)
         if task is None or rw._tid != thread_mark():
             task = resolve_task(rw)
-        if rw._writer is None and rw._s is None and not rw._readers:
+        if rw._writer is None and rw._slow is None and not rw._readers:
             rw._writer = task
             rw._version += 1
             if rw._fast and rw._loop is not TRIO:
@@ -1090,7 +1098,7 @@ class WriteLock(_View):
         writer = rw._writer
         # No thread check here (release() has one): ``async with`` leaves in the task, and so
         # in the thread, that entered it.
-        if writer is not None and rw._s is None and writer is task_of(rw._loop):
+        if writer is not None and rw._slow is None and writer is task_of(rw._loop):
             rw._writer = None
             rw._version += 1
             return READY
@@ -1109,7 +1117,7 @@ class WriteLock(_View):
         task = task_of(rw._loop)
         if task is None or rw._tid != thread_mark():
             task = resolve_task(rw)
-        if rw._writer is task and rw._s is None:
+        if rw._writer is task and rw._slow is None:
             rw._writer = None
             rw._version += 1
             return
@@ -1174,17 +1182,17 @@ class WriteLock(_View):
         .. versionadded:: 0.1
         """
         rw = self._rw
-        s = rw._s
+        s = rw._slow
         if rw._readers or s is not None:
             task = rw._me()
             readers = rw._readers
             if rw._writer is not task and (
-                (readers and task in readers) or (s is not None and s.upg is task)
+                (readers and task in readers) or (s is not None and s.upgrader is task)
             ):
                 rw._try_write(task)  # raises the DeadlockError that explains it
         if stamp != rw._version or stamp & 1:
             return False
-        if s is not None and (s.wq.writers or s.upgrading is not None):
+        if s is not None and (s.write_queue.writers or s.upgrading is not None):
             return False  # a queued writer (or a pending upgrade) will write first
         await self.acquire()
         if rw._version == stamp + 1:  # ours is the only write acquisition since the stamp
@@ -1199,8 +1207,8 @@ class WriteLock(_View):
     def statistics(self) -> LockStatistics:
         """anyio's :class:`~anyio.LockStatistics` shape: (locked, owner, tasks_waiting)."""
         rw = self._rw
-        s = rw._s
-        waiting = 0 if s is None else len(s.wq) + (s.upgrading is not None)
+        s = rw._slow
+        waiting = 0 if s is None else len(s.write_queue) + (s.upgrading is not None)
         return LockStatistics(rw._writer is not None, task_info(rw._writer), waiting)
 
 
@@ -1229,8 +1237,8 @@ class UpgradableLock(_View):
 
     def _check_upgrade(self, task: Any) -> _RWState:
         rw = self._rw
-        s = rw._s
-        if s is None or s.upg is not task:
+        s = rw._slow
+        if s is None or s.upgrader is not task:
             raise RuntimeError(f"{rw!r}: upgrade() by {who(task)}, which does not hold it")
         if s.upgraded:
             raise RuntimeError(f"{rw!r}: upgrade() by {who(task)}, which already upgraded")
@@ -1282,8 +1290,8 @@ class UpgradableLock(_View):
 
     def locked(self) -> bool:
         """True if some task holds the upgradable lock."""
-        s = self._rw._s
-        return s is not None and s.upg is not None
+        s = self._rw._slow
+        return s is not None and s.upgrader is not None
 
     def statistics(self) -> RWLockStatistics:
         """The whole lock's :class:`RWLockStatistics`."""

@@ -508,7 +508,7 @@ def _downgrading(orig: Callable[..., Any], mode: str) -> Callable[..., Any]:
         if st is not None:
             rw = self._rw
             task = current_task()
-            upg = rw._s is not None and rw._s.upg is task
+            upg = rw._slow is not None and rw._slow.upgrader is task
             _remode(st, task, rw, "write", "upgradable" if upg else "read")
 
     return downgrade
@@ -519,7 +519,7 @@ def _upgrading(orig: Callable[..., Any], mode: str) -> Callable[..., Any]:
         st = _state
         rw = self._rw
         task = current_task()
-        if st is not None and rw._s is not None and rw._s.upg is task:
+        if st is not None and rw._slow is not None and rw._slow.upgrader is task:
             blockers = rw._debug_blockers(task, "upgrade")
             if blockers:
                 _check_cycle(task, rw, "write", blockers)
