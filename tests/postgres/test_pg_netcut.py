@@ -4,6 +4,12 @@ The lock sessions under test reach the server through a loopback TCP proxy (``_n
 that can stop forwarding without closing anything, so the client sees a silent network, as
 when a cable is pulled.  What must hold then:
 
+- a waiter whose cancel scope expires returns at most ``_CANCEL_TIMEOUT`` (0.5 s) after it: a
+  cancel request is sent with libpq's non-blocking cancel (never ``PQcancel``, which blocks
+  holding the GIL, so even from a worker thread it froze the whole process for as long as the
+  network was cut); if it cannot be delivered the session is closed, and the server drops the
+  request;
+- meanwhile a ticker task of the same process never sees a gap over 100 ms;
 - ``acquire_nowait()`` gives up within its documented 5 s, connecting included;
 - afterwards the server holds nothing for the cut-off session.
 
@@ -25,12 +31,14 @@ import pytest
 psycopg = pytest.importorskip("psycopg")
 from psycopg.conninfo import conninfo_to_dict, make_conninfo  # noqa: E402
 
-from aiolocks.postgres import PostgresLocks  # noqa: E402
+from aiolocks.postgres import PostgresLocks, _session  # noqa: E402
 
 from ._netproxy import TcpProxy  # noqa: E402
 
 pytestmark = pytest.mark.anyio
 
+#: The largest gap a ticker sleeping 10 ms may see while the network is cut.
+MAX_STALL = 0.100
 #: acquire_nowait()'s documented bound, plus scheduling slack.
 NOWAIT_BOUND = 5.0 + 0.5
 
@@ -57,6 +65,98 @@ def _through(pg_dsn: str, proxy: TcpProxy) -> str:
 
 def _namespace() -> str:
     return f"netcut-{uuid.uuid4().hex[:10]}"
+
+
+#: (pid, granted) of every advisory lock request of one namespace, from pg_locks.
+_REQUESTS = """
+    SELECT l.pid, l.granted FROM pg_locks l
+    JOIN aiolocks_names n ON n.key = ((l.classid::bigint << 32) | l.objid::bigint)
+    WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND n.namespace = %s
+"""
+
+
+async def _requests(pg_dsn: str, namespace: str) -> list[tuple[int, bool]]:
+    """Asked over a direct connection (not through the proxy), in a worker thread."""
+
+    def run() -> list[tuple[int, bool]]:
+        with psycopg.connect(pg_dsn, autocommit=True, application_name="aiolocks-tests") as c:
+            return [(int(pid), bool(g)) for pid, g in c.execute(_REQUESTS, (namespace,))]
+
+    return await anyio.to_thread.run_sync(run)
+
+
+class Ticker:
+    """Sleeps 10 ms in a loop and records the largest gap between wake-ups while armed."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.worst = 0.0
+
+    async def run(self) -> None:
+        last = time.monotonic()
+        while True:
+            await anyio.sleep(0.01)
+            now = time.monotonic()
+            if self.armed:
+                self.worst = max(self.worst, now - last)
+            last = now
+
+
+@pytest.mark.parametrize("cancel", ["nonblocking", "close"])
+async def test_waiter_cut_off_by_the_network_returns_in_time_and_never_stalls_the_loop(
+    pg_dsn: str, proxy: TcpProxy, anyio_backend: Any, cancel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``close``: as with libpq < 17, which has only the blocking cancel: the session is
+    closed at once instead."""
+    if cancel == "close":
+        monkeypatch.setattr(_session, "_NONBLOCKING_CANCEL", False)
+    elif not _session._NONBLOCKING_CANCEL:
+        pytest.skip("libpq < 17: no non-blocking cancel")
+    namespace = _namespace()
+    ticker = Ticker()
+    with anyio.fail_after(30):
+        async with (
+            PostgresLocks(pg_dsn, namespace=namespace) as near,
+            PostgresLocks(_through(pg_dsn, proxy), namespace=namespace) as far,
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(ticker.run)
+            holder = near.lock("shared")
+            await holder.acquire()
+            returned = anyio.Event()
+            took: list[float] = []
+
+            async def waiter() -> None:
+                started = time.monotonic()
+                with anyio.move_on_after(2) as scope:
+                    await far.lock("shared").acquire()
+                took.append(time.monotonic() - started)
+                assert scope.cancelled_caught, "the waiter got a lock that is held"
+                returned.set()
+
+            tg.start_soon(waiter)
+            while not (waiting := [pid for pid, g in await _requests(pg_dsn, namespace) if not g]):
+                await anyio.sleep(0.01)
+            proxy.cut()
+            ticker.armed = True
+            await returned.wait()
+            await anyio.sleep(0.2)  # whatever the return left behind runs now
+            ticker.armed = False
+
+            assert took[0] < 3.0, f"the waiter returned after {took[0]:.2f} s (bound: 3 s)"
+            assert ticker.worst <= MAX_STALL, (
+                f"the event loop stalled for {ticker.worst * 1000:.0f} ms during the cut"
+            )
+            proxy.restore()
+            with anyio.fail_after(5):  # the server drops the cut-off session's request
+                while any(pid == waiting[0] for pid, _ in await _requests(pg_dsn, namespace)):
+                    await anyio.sleep(0.02)
+            assert [g for _, g in await _requests(pg_dsn, namespace)] == [True]  # the holder
+            holder.release()
+            with anyio.fail_after(5):  # and the cut-off process reconnects
+                async with far.lock("shared"):
+                    pass
+            tg.cancel_scope.cancel()
 
 
 async def test_acquire_nowait_through_a_cut_network_gives_up_within_its_bound(

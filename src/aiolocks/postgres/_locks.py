@@ -78,6 +78,10 @@ _LOCK, _RWLOCK = "lock", "rwlock"
 _RECOVERY_TIMEOUT = 10.0
 #: acquire_nowait() blocks the event loop for one round trip, at most this long in all.
 _NOWAIT_TIMEOUT = 5.0
+#: Bound on delivering a cancel request for a waiting lock statement; past it the network or
+#: the server is taken for gone and the session is closed instead (the server then drops the
+#: request).  A waiter timed out during a network cut returns this long after its deadline.
+_CANCEL_TIMEOUT = 0.5
 
 _SQL_LOCK_X = b"SELECT pg_advisory_lock($1), nextval($2::regclass)"
 _SQL_LOCK_S = b"SELECT pg_advisory_lock_shared($1)"
@@ -1507,8 +1511,12 @@ async def _cancel_and_drain(session: Session, target: Pending | None) -> None:
     session.poll()
     while not session.idle:
         head = session.oldest
-        if head is target:
-            await session.cancel_running()
+        if head is target and not await session.cancel_running(_CANCEL_TIMEOUT):
+            # Undeliverable (network cut, server gone, libpq < 17): the statement may wait on
+            # forever, so the session goes; the server then drops the request and any grant.
+            reason = SessionLost("a waiting lock statement could not be cancelled in time")
+            session.close(reason)
+            raise reason
         with anyio.move_on_after(0.5):
             await session.wait(head)
 
@@ -1593,7 +1601,12 @@ class _View:
     async def acquire(self) -> None:
         """Acquire the lock, waiting in the server's FIFO queue (a checkpoint).
 
-        Cancellation (a cancel scope, a timeout) never leaves the lock held on the server.
+        Cancellation (a cancel scope, a timeout) never leaves the lock held on the server,
+        and never blocks the event loop: the waiting statement is cancelled with libpq's
+        non-blocking cancel, and if that cannot reach the server within 0.5 s (network cut)
+        the session is closed instead, so a cancelled acquire returns at most about 0.5 s
+        after its cancellation (on a server that answers, the clean-up takes a round trip or
+        two).
 
         Raises:
             DeadlockError: the acquisition could never succeed (see the class docs), or
@@ -1607,15 +1620,18 @@ class _View:
     def acquire_nowait(self) -> None:
         """Acquire the lock if it is free and nobody waits for it in a conflicting mode.
 
-        Synchronous, so it **blocks the event loop for one round trip** to the server (at most
-        5 s, then it gives up holding nothing), plus a connection on first use.  Refusals
+        Synchronous, so it **blocks the event loop for one round trip** to the server, plus a
+        connection on first use: at most 5 s in all, then it gives up holding nothing (the
+        session it used is closed, so the server drops what it may have granted).  Refusals
         that local knowledge settles (another task of this process holds the lock or waits
         for it in a conflicting mode) need no round trip.  Like the local locks, it never
         jumps the queue: a waiting writer in any process makes it fail.
 
         Raises:
-            anyio.WouldBlock: the lock is not available now (nothing is held).
+            anyio.WouldBlock: the lock is not available now, or the server did not answer
+                within the bound (nothing is held).
             DeadlockError: as :meth:`acquire`.
+            ConnectionError: no session could be opened within the bound.
         """
         self._pg._acquire_nowait(self, self._mode)
 

@@ -24,7 +24,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, final
 
 import anyio
-import anyio.to_thread
 from psycopg import OperationalError, pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -36,12 +35,32 @@ _PIPELINE_SYNC = pq.ExecStatus.PIPELINE_SYNC
 _FATAL_ERROR = pq.ExecStatus.FATAL_ERROR
 _PIPELINE_ABORTED = pq.ExecStatus.PIPELINE_ABORTED
 _CONN_OK = pq.ConnStatus.OK
+_POLL_OK = pq.PollingStatus.OK
+_POLL_READING = pq.PollingStatus.READING
+_POLL_FAILED = pq.PollingStatus.FAILED
 _SQLSTATE = pq.DiagnosticField.SQLSTATE
 _PRIMARY = pq.DiagnosticField.MESSAGE_PRIMARY
 _DETAIL = pq.DiagnosticField.MESSAGE_DETAIL
 
 #: Session settings needing PostgreSQL 14+ (an older server refuses unknown startup options).
 _PG14_SETTINGS = ("idle_session_timeout", "client_connection_check_interval")
+
+
+def _has_nonblocking_cancel() -> bool:
+    """libpq >= 17's cancel API (``PQcancelStart``/``PQcancelPoll``) through psycopg >= 3.2.
+
+    The older ``PQcancel`` blocks until the server answers, and psycopg's C implementation
+    holds the GIL meanwhile: in a worker thread it still freezes the whole process while the
+    network is cut.  Without the new API a running statement is stopped by closing its session.
+    """
+    try:
+        from psycopg import capabilities
+    except ImportError:  # psycopg < 3.2
+        return False
+    return bool(capabilities.has_cancel_safe())
+
+
+_NONBLOCKING_CANCEL = _has_nonblocking_cancel()
 
 
 class ServerError(RuntimeError):
@@ -397,15 +416,36 @@ class Session:
         if self._pending:
             await self.wait(self._pending[-1])
 
-    async def cancel_running(self) -> None:
+    async def cancel_running(self, timeout: float) -> bool:
         """Ask the server to cancel the statement it is running for us (if any).
 
-        Blocking libpq call, run in a worker thread; call shielded, then :meth:`drain`.
+        Never blocks: libpq's non-blocking cancel, on a connection of its own, waited for on
+        the event loop for at most ``timeout`` seconds.  Call it shielded, then :meth:`drain`.
+
+        Returns:
+            True when the server took the request (or nothing runs); False when it could not
+            be delivered in time (network cut, server gone) or libpq is older than 17.  The
+            statement may then still run: close the session (the server drops it).
         """
         if self.closed or not self._pending:
-            return
-        cancel = self.pgconn.get_cancel()
-        await anyio.to_thread.run_sync(cancel.cancel, abandon_on_cancel=True)
+            return True
+        if not _NONBLOCKING_CANCEL:
+            return False
+        try:
+            cancel = self.pgconn.cancel_conn()
+        except OperationalError:
+            return False
+        try:
+            with anyio.move_on_after(timeout):
+                cancel.start()
+                while (status := cancel.poll()) not in (_POLL_OK, _POLL_FAILED):
+                    await _wait_fd(cancel.socket, read=status == _POLL_READING)
+                return status == _POLL_OK
+        except OperationalError:  # the request could not even be started
+            pass
+        finally:
+            cancel.finish()
+        return False
 
     # -- closing ----------------------------------------------------------------------------------
 
