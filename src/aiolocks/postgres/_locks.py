@@ -76,8 +76,12 @@ _LOCK, _RWLOCK = "lock", "rwlock"
 
 #: Bound on the shielded clean-up after a failed lock statement, and on a release's wait.
 _RECOVERY_TIMEOUT = 10.0
-#: acquire_nowait() blocks the event loop for one round trip, at most this long.
+#: acquire_nowait() blocks the event loop for one round trip, at most this long in all.
 _NOWAIT_TIMEOUT = 5.0
+#: Bound on delivering a cancel request for a waiting lock statement; past it the network or
+#: the server is taken for gone and the session is closed instead (the server then drops the
+#: request).  A waiter timed out during a network cut returns this long after its deadline.
+_CANCEL_TIMEOUT = 0.5
 
 _SQL_LOCK_X = b"SELECT pg_advisory_lock($1), nextval($2::regclass)"
 _SQL_LOCK_S = b"SELECT pg_advisory_lock_shared($1)"
@@ -574,8 +578,9 @@ class PostgresLocks:
             if waiter.session is not None:
                 return waiter.session
 
-    def _checkout_blocking(self) -> Session:
-        """A session without awaiting, for :meth:`_View.acquire_nowait` (may connect)."""
+    def _checkout_blocking(self, deadline: float) -> Session:
+        """A session without awaiting, for :meth:`_View.acquire_nowait` (may connect, until
+        ``deadline`` at the latest)."""
         self._check_open()
         session = self._pop_idle()
         if session is not None:
@@ -584,9 +589,7 @@ class PostgresLocks:
             raise WouldBlock  # every session is bound to a task: nothing to try on
         self._count += 1
         try:
-            return Session.connect_blocking(
-                self._dsn, owner_prefix(), self._settings, _NOWAIT_TIMEOUT
-            )
+            return Session.connect_blocking(self._dsn, owner_prefix(), self._settings, deadline)
         except BaseException:
             self._count -= 1
             raise
@@ -1030,25 +1033,26 @@ class PostgresLocks:
                 f"this process holds {self._held_keys} PostgreSQL advisory locks already "
                 f"(max_held_keys={self._max_held_keys})"
             )
+        deadline = time.monotonic() + _NOWAIT_TIMEOUT
         if ts is None:
-            ts = self._bind(task, self._checkout_blocking())
+            ts = self._bind(task, self._checkout_blocking(deadline))
         elif ts.session is None or ts.session.closed:
             if ts.session is not None:
                 self._drop_session(ts)
-            ts.session = self._checkout_blocking()
+            ts.session = self._checkout_blocking(deadline)
         try:
-            token = self._try_lock_blocking(ts, view, mode)
+            token = self._try_lock_blocking(ts, view, mode, deadline)
         except BaseException:
             self._maybe_unbind(ts)
             raise
         self._record(ts, key, mode, token)
 
-    def _try_lock_blocking(self, ts: _TaskState, view: _View, mode: int) -> int:
+    def _try_lock_blocking(self, ts: _TaskState, view: _View, mode: int, deadline: float) -> int:
         session = ts.session
         assert session is not None
         k = str(view._key).encode()
         try:
-            session.wait_blocking(None, _NOWAIT_TIMEOUT)  # earlier results first
+            session.wait_blocking(None, deadline)  # earlier results first
             registration = self._prefix_statements(session, view)
             if session.owner is not ts.task:
                 session.owner = ts.task
@@ -1060,11 +1064,11 @@ class PostgresLocks:
                 pending = session.send(_SQL_TRY_X, [k, self._sequence.encode()], prepared=True)
             else:
                 pending = session.send(_SQL_TRY_S, [k], prepared=True)
-            session.wait_blocking(pending, _NOWAIT_TIMEOUT)
+            session.wait_blocking(pending, deadline)
             value = pending.value()
             self._check_registration(view, registration)
         except BaseException as exc:
-            self._undo_blocking(ts, view._key, mode)
+            self._undo_blocking(ts, view._key, mode, deadline)
             if isinstance(exc, TimeoutError):
                 raise WouldBlock from exc
             raise
@@ -1076,18 +1080,22 @@ class PostgresLocks:
             raise WouldBlock
         return 0
 
-    def _undo_blocking(self, ts: _TaskState, key: int, mode: int) -> None:
+    def _undo_blocking(self, ts: _TaskState, key: int, mode: int, deadline: float) -> None:
+        """After any failure of a try-lock: unlock it on the same session by ``deadline``, or
+        close the session (the server then drops all it held)."""
         session = ts.session
         if session is None or session.closed:
             if session is not None:
                 self._session_lost(ts, SessionLost("the connection to PostgreSQL was lost"))
             return
         try:
+            # A try-lock never waits on the server: a statement still unanswered means the
+            # server or the network did not answer in time, and a cancel request could only
+            # wait for it too.  Closing the session is the undo that never blocks.
             if not session.idle:
-                session.pgconn.get_cancel().cancel()
-                session.wait_blocking(None, _NOWAIT_TIMEOUT)
+                raise TimeoutError
             pending = session.send(_SQL_UNLOCK[mode], [str(key).encode()], prepared=True)
-            session.wait_blocking(pending, _NOWAIT_TIMEOUT)
+            session.wait_blocking(pending, deadline)
             pending.value()
         except Exception:
             self._session_lost(
@@ -1503,8 +1511,12 @@ async def _cancel_and_drain(session: Session, target: Pending | None) -> None:
     session.poll()
     while not session.idle:
         head = session.oldest
-        if head is target:
-            await session.cancel_running()
+        if head is target and not await session.cancel_running(_CANCEL_TIMEOUT):
+            # Undeliverable (network cut, server gone, libpq < 17): the statement may wait on
+            # forever, so the session goes; the server then drops the request and any grant.
+            reason = SessionLost("a waiting lock statement could not be cancelled in time")
+            session.close(reason)
+            raise reason
         with anyio.move_on_after(0.5):
             await session.wait(head)
 
@@ -1589,7 +1601,12 @@ class _View:
     async def acquire(self) -> None:
         """Acquire the lock, waiting in the server's FIFO queue (a checkpoint).
 
-        Cancellation (a cancel scope, a timeout) never leaves the lock held on the server.
+        Cancellation (a cancel scope, a timeout) never leaves the lock held on the server,
+        and never blocks the event loop: the waiting statement is cancelled with libpq's
+        non-blocking cancel, and if that cannot reach the server within 0.5 s (network cut)
+        the session is closed instead, so a cancelled acquire returns at most about 0.5 s
+        after its cancellation (on a server that answers, the clean-up takes a round trip or
+        two).
 
         Raises:
             DeadlockError: the acquisition could never succeed (see the class docs), or
@@ -1603,15 +1620,18 @@ class _View:
     def acquire_nowait(self) -> None:
         """Acquire the lock if it is free and nobody waits for it in a conflicting mode.
 
-        Synchronous, so it **blocks the event loop for one round trip** to the server (at most
-        5 s, then it gives up holding nothing), plus a connection on first use.  Refusals
+        Synchronous, so it **blocks the event loop for one round trip** to the server, plus a
+        connection on first use: at most 5 s in all, then it gives up holding nothing (the
+        session it used is closed, so the server drops what it may have granted).  Refusals
         that local knowledge settles (another task of this process holds the lock or waits
         for it in a conflicting mode) need no round trip.  Like the local locks, it never
         jumps the queue: a waiting writer in any process makes it fail.
 
         Raises:
-            anyio.WouldBlock: the lock is not available now (nothing is held).
+            anyio.WouldBlock: the lock is not available now, or the server did not answer
+                within the bound (nothing is held).
             DeadlockError: as :meth:`acquire`.
+            ConnectionError: no session could be opened within the bound.
         """
         self._pg._acquire_nowait(self, self._mode)
 

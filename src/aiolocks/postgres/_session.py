@@ -16,7 +16,7 @@ Invariants:
 from __future__ import annotations
 
 import os
-import select
+import selectors
 import socket
 import time
 from collections import deque
@@ -24,7 +24,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, final
 
 import anyio
-import anyio.to_thread
 from psycopg import OperationalError, pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -36,12 +35,32 @@ _PIPELINE_SYNC = pq.ExecStatus.PIPELINE_SYNC
 _FATAL_ERROR = pq.ExecStatus.FATAL_ERROR
 _PIPELINE_ABORTED = pq.ExecStatus.PIPELINE_ABORTED
 _CONN_OK = pq.ConnStatus.OK
+_POLL_OK = pq.PollingStatus.OK
+_POLL_READING = pq.PollingStatus.READING
+_POLL_FAILED = pq.PollingStatus.FAILED
 _SQLSTATE = pq.DiagnosticField.SQLSTATE
 _PRIMARY = pq.DiagnosticField.MESSAGE_PRIMARY
 _DETAIL = pq.DiagnosticField.MESSAGE_DETAIL
 
 #: Session settings needing PostgreSQL 14+ (an older server refuses unknown startup options).
 _PG14_SETTINGS = ("idle_session_timeout", "client_connection_check_interval")
+
+
+def _has_nonblocking_cancel() -> bool:
+    """libpq >= 17's cancel API (``PQcancelStart``/``PQcancelPoll``) through psycopg >= 3.2.
+
+    The older ``PQcancel`` blocks until the server answers, and psycopg's C implementation
+    holds the GIL meanwhile: in a worker thread it still freezes the whole process while the
+    network is cut.  Without the new API a running statement is stopped by closing its session.
+    """
+    try:
+        from psycopg import capabilities
+    except ImportError:  # psycopg < 3.2
+        return False
+    return bool(capabilities.has_cancel_safe())
+
+
+_NONBLOCKING_CANCEL = _has_nonblocking_cancel()
 
 
 class ServerError(RuntimeError):
@@ -199,16 +218,17 @@ class Session:
 
     @classmethod
     def connect_blocking(
-        cls, dsn: str, app_name: str, settings: dict[str, str], timeout: float
+        cls, dsn: str, app_name: str, settings: dict[str, str], deadline: float
     ) -> Session:
-        """Open a session, blocking the calling thread (for ``acquire_nowait()``)."""
+        """Open a session, blocking the calling thread until ``deadline`` at the latest
+        (``time.monotonic()``; for ``acquire_nowait()``)."""
         try:
-            return cls._connect_sync(build_conninfo(dsn, app_name, settings), app_name, timeout)
+            return cls._connect_sync(build_conninfo(dsn, app_name, settings), app_name, deadline)
         except SessionLost as exc:
             if "unrecognized configuration parameter" not in str(exc):
                 raise
         old = {k: v for k, v in settings.items() if k not in _PG14_SETTINGS}
-        return cls._connect_sync(build_conninfo(dsn, app_name, old), app_name, timeout)
+        return cls._connect_sync(build_conninfo(dsn, app_name, old), app_name, deadline)
 
     @classmethod
     async def _connect(cls, conninfo: str, app_name: str, timeout: float) -> Session:
@@ -226,16 +246,17 @@ class Session:
             raise
 
     @classmethod
-    def _connect_sync(cls, conninfo: str, app_name: str, timeout: float) -> Session:
+    def _connect_sync(cls, conninfo: str, app_name: str, deadline: float) -> Session:
+        start = time.monotonic()
         pgconn = pq.PGconn.connect_start(conninfo.encode())
-        deadline = time.monotonic() + timeout
         try:
             while True:
                 step = _connect_step(pgconn)
                 if step is None:
                     return cls(pgconn, app_name)
-                if not _select(pgconn.socket, step, deadline - time.monotonic()):
-                    raise SessionLost(f"cannot connect to PostgreSQL: no answer in {timeout:g} s")
+                if not _wait_ready(pgconn.socket, step, deadline):
+                    waited = time.monotonic() - start
+                    raise SessionLost(f"cannot connect to PostgreSQL: no answer in {waited:.3g} s")
         except BaseException:
             pgconn.finish()
             raise
@@ -371,20 +392,20 @@ class Session:
         finally:
             self.reading = False
 
-    def wait_blocking(self, target: Pending | None, timeout: float) -> None:
-        """Like :meth:`wait` (``None``: every statement sent), blocking the thread.
+    def wait_blocking(self, target: Pending | None, deadline: float) -> None:
+        """Like :meth:`wait` (``None``: every statement sent), blocking the thread until
+        ``deadline`` (``time.monotonic()``) at the latest.
 
         Raises:
             SessionLost: the connection broke.
-            TimeoutError: no results within ``timeout`` seconds (the statements still run).
+            TimeoutError: no results by ``deadline`` (the statements still run).
         """
-        deadline = time.monotonic() + timeout
         while True:
             self.poll()
             if target.done if target is not None else not self._pending:
                 return
-            if not _select(self.fd, not self.needs_flush, deadline - time.monotonic()):
-                raise TimeoutError(f"no answer from PostgreSQL in {timeout:g} s")
+            if not _wait_ready(self.fd, not self.needs_flush, deadline):
+                raise TimeoutError("no answer from PostgreSQL in time")
 
     async def execute(self, sql: bytes, params: Sequence[bytes | None] | None = None) -> Pending:
         """Send a statement and wait for its results (see :meth:`wait`)."""
@@ -395,15 +416,36 @@ class Session:
         if self._pending:
             await self.wait(self._pending[-1])
 
-    async def cancel_running(self) -> None:
+    async def cancel_running(self, timeout: float) -> bool:
         """Ask the server to cancel the statement it is running for us (if any).
 
-        Blocking libpq call, run in a worker thread; call shielded, then :meth:`drain`.
+        Never blocks: libpq's non-blocking cancel, on a connection of its own, waited for on
+        the event loop for at most ``timeout`` seconds.  Call it shielded, then :meth:`drain`.
+
+        Returns:
+            True when the server took the request (or nothing runs); False when it could not
+            be delivered in time (network cut, server gone) or libpq is older than 17.  The
+            statement may then still run: close the session (the server drops it).
         """
         if self.closed or not self._pending:
-            return
-        cancel = self.pgconn.get_cancel()
-        await anyio.to_thread.run_sync(cancel.cancel, abandon_on_cancel=True)
+            return True
+        if not _NONBLOCKING_CANCEL:
+            return False
+        try:
+            cancel = self.pgconn.cancel_conn()
+        except OperationalError:
+            return False
+        try:
+            with anyio.move_on_after(timeout):
+                cancel.start()
+                while (status := cancel.poll()) not in (_POLL_OK, _POLL_FAILED):
+                    await _wait_fd(cancel.socket, read=status == _POLL_READING)
+                return status == _POLL_OK
+        except OperationalError:  # the request could not even be started
+            pass
+        finally:
+            cancel.finish()
+        return False
 
     # -- closing ----------------------------------------------------------------------------------
 
@@ -457,12 +499,15 @@ def _error_text(pgconn: pq.abc.PGconn) -> str:
     return pgconn.error_message.decode("utf-8", "replace").strip()
 
 
-def _select(fd: int, read: bool, timeout: float) -> bool:
-    """Block until ``fd`` is ready; False on timeout."""
+def _wait_ready(fd: int, read: bool, deadline: float) -> bool:
+    """Block the thread until ``fd`` is ready, or ``deadline`` (``time.monotonic()``) passed:
+    False then.  Any descriptor number (``select.select`` refuses those above 1023)."""
+    timeout = deadline - time.monotonic()
     if timeout <= 0:
         return False
-    r, w, _ = select.select([fd] if read else [], [] if read else [fd], [], timeout)
-    return bool(r or w)
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ if read else selectors.EVENT_WRITE)
+        return bool(sel.select(timeout))
 
 
 async def _wait_fd(fd: int, *, read: bool) -> None:

@@ -1,0 +1,233 @@
+"""A network cut between a process and the server: no stall of the event loop, bounded returns.
+
+The lock sessions under test reach the server through a loopback TCP proxy (``_netproxy.py``)
+that can stop forwarding without closing anything, so the client sees a silent network, as
+when a cable is pulled.  What must hold then:
+
+- a waiter whose cancel scope expires returns at most ``_CANCEL_TIMEOUT`` (0.5 s) after it: a
+  cancel request is sent with libpq's non-blocking cancel (never ``PQcancel``, which blocks
+  holding the GIL, so even from a worker thread it froze the whole process for as long as the
+  network was cut); if it cannot be delivered the session is closed, and the server drops the
+  request;
+- meanwhile a ticker task of the same process never sees a gap over 100 ms;
+- ``acquire_nowait()`` gives up within its documented 5 s, connecting included;
+- afterwards the server holds nothing for the cut-off session.
+
+Every test that waits has a deadline; the conftest checks that no session is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import pytest
+
+psycopg = pytest.importorskip("psycopg")
+from psycopg.conninfo import conninfo_to_dict, make_conninfo  # noqa: E402
+
+from aiolocks.postgres import PostgresLocks, _session  # noqa: E402
+
+from ._netproxy import TcpProxy  # noqa: E402
+
+pytestmark = pytest.mark.anyio
+
+#: The largest gap a ticker sleeping 10 ms may see while the network is cut.
+MAX_STALL = 0.100
+#: acquire_nowait()'s documented bound, plus scheduling slack.
+NOWAIT_BOUND = 5.0 + 0.5
+
+
+@pytest.fixture(
+    params=[pytest.param(("asyncio", {}), id="asyncio"), pytest.param(("trio", {}), id="trio")]
+)
+def anyio_backend(request: pytest.FixtureRequest) -> Any:
+    return request.param
+
+
+@pytest.fixture
+def proxy(pg_dsn: str) -> Iterator[TcpProxy]:
+    params = conninfo_to_dict(pg_dsn)
+    if params.get("host") not in ("127.0.0.1", "localhost") or not params.get("port"):
+        pytest.skip("needs a server on 127.0.0.1 (the proxy forwards loopback TCP)")
+    with TcpProxy(int(str(params["port"]))) as p:
+        yield p
+
+
+def _through(pg_dsn: str, proxy: TcpProxy) -> str:
+    return make_conninfo(pg_dsn, host="127.0.0.1", port=str(proxy.port))
+
+
+def _namespace() -> str:
+    return f"netcut-{uuid.uuid4().hex[:10]}"
+
+
+#: (pid, granted) of every advisory lock request of one namespace, from pg_locks.
+_REQUESTS = """
+    SELECT l.pid, l.granted FROM pg_locks l
+    JOIN aiolocks_names n ON n.key = ((l.classid::bigint << 32) | l.objid::bigint)
+    WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND n.namespace = %s
+"""
+
+
+async def _requests(pg_dsn: str, namespace: str) -> list[tuple[int, bool]]:
+    """Asked over a direct connection (not through the proxy), in a worker thread."""
+
+    def run() -> list[tuple[int, bool]]:
+        with psycopg.connect(pg_dsn, autocommit=True, application_name="aiolocks-tests") as c:
+            return [(int(pid), bool(g)) for pid, g in c.execute(_REQUESTS, (namespace,))]
+
+    return await anyio.to_thread.run_sync(run)
+
+
+class Ticker:
+    """Sleeps 10 ms in a loop and records the largest gap between wake-ups while armed."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.worst = 0.0
+
+    async def run(self) -> None:
+        last = time.monotonic()
+        while True:
+            await anyio.sleep(0.01)
+            now = time.monotonic()
+            if self.armed:
+                self.worst = max(self.worst, now - last)
+            last = now
+
+
+@pytest.mark.parametrize("cancel", ["nonblocking", "close"])
+async def test_waiter_cut_off_by_the_network_returns_in_time_and_never_stalls_the_loop(
+    pg_dsn: str, proxy: TcpProxy, anyio_backend: Any, cancel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``close``: as with libpq < 17, which has only the blocking cancel: the session is
+    closed at once instead."""
+    if cancel == "close":
+        monkeypatch.setattr(_session, "_NONBLOCKING_CANCEL", False)
+    elif not _session._NONBLOCKING_CANCEL:
+        pytest.skip("libpq < 17: no non-blocking cancel")
+    namespace = _namespace()
+    ticker = Ticker()
+    with anyio.fail_after(30):
+        async with (
+            PostgresLocks(pg_dsn, namespace=namespace) as near,
+            PostgresLocks(_through(pg_dsn, proxy), namespace=namespace) as far,
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(ticker.run)
+            holder = near.lock("shared")
+            await holder.acquire()
+            returned = anyio.Event()
+            took: list[float] = []
+
+            async def waiter() -> None:
+                started = time.monotonic()
+                with anyio.move_on_after(2) as scope:
+                    await far.lock("shared").acquire()
+                took.append(time.monotonic() - started)
+                assert scope.cancelled_caught, "the waiter got a lock that is held"
+                returned.set()
+
+            tg.start_soon(waiter)
+            while not (waiting := [pid for pid, g in await _requests(pg_dsn, namespace) if not g]):
+                await anyio.sleep(0.01)
+            proxy.cut()
+            ticker.armed = True
+            await returned.wait()
+            await anyio.sleep(0.2)  # whatever the return left behind runs now
+            ticker.armed = False
+
+            assert took[0] < 3.0, f"the waiter returned after {took[0]:.2f} s (bound: 3 s)"
+            assert ticker.worst <= MAX_STALL, (
+                f"the event loop stalled for {ticker.worst * 1000:.0f} ms during the cut"
+            )
+            proxy.restore()
+            with anyio.fail_after(5):  # the server drops the cut-off session's request
+                while any(pid == waiting[0] for pid, _ in await _requests(pg_dsn, namespace)):
+                    await anyio.sleep(0.02)
+            assert [g for _, g in await _requests(pg_dsn, namespace)] == [True]  # the holder
+            holder.release()
+            with anyio.fail_after(5):  # and the cut-off process reconnects
+                async with far.lock("shared"):
+                    pass
+            tg.cancel_scope.cancel()
+
+
+async def test_acquire_nowait_through_a_cut_network_gives_up_within_its_bound(
+    pg_dsn: str, proxy: TcpProxy, anyio_backend: Any
+) -> None:
+    namespace = _namespace()
+    async with PostgresLocks(_through(pg_dsn, proxy), namespace=namespace) as far:
+        lock = far.lock("shared")
+        lock.acquire_nowait()  # a pooled session, connected before the cut
+        lock.release()
+        await anyio.sleep(0.05)
+        proxy.cut()
+        started = time.monotonic()
+        with pytest.raises(anyio.WouldBlock):
+            lock.acquire_nowait()
+        took = time.monotonic() - started
+        assert took < NOWAIT_BOUND, f"acquire_nowait() blocked for {took:.2f} s"
+        assert not lock.locked()
+        proxy.restore()
+        with anyio.fail_after(5):
+            async with lock:  # a new session
+                pass
+
+
+async def test_first_acquire_nowait_through_a_cut_network_gives_up_within_its_bound(
+    pg_dsn: str, proxy: TcpProxy, anyio_backend: Any
+) -> None:
+    proxy.cut()  # before the first connection: connecting is part of the bound
+    async with PostgresLocks(_through(pg_dsn, proxy), namespace=_namespace()) as far:
+        lock = far.lock("shared")
+        started = time.monotonic()
+        with pytest.raises(ConnectionError):
+            lock.acquire_nowait()
+        took = time.monotonic() - started
+        assert took < NOWAIT_BOUND, f"acquire_nowait() blocked for {took:.2f} s"
+        proxy.restore()
+        lock.acquire_nowait()
+        lock.release()
+
+
+@pytest.fixture
+def fds_above_1023() -> Iterator[None]:
+    """Occupies every descriptor below 1024, so the next socket gets a number above it."""
+    resource = pytest.importorskip("resource")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1100:
+        pytest.skip(f"the descriptor limit is {hard}")
+    if soft != resource.RLIM_INFINITY and soft < 1100:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1100, hard))
+    base = socket.socket()
+    taken = []
+    try:
+        while (fd := os.dup(base.fileno())) < 1024:
+            taken.append(fd)
+        os.close(fd)
+        yield
+    finally:
+        for fd in taken:
+            os.close(fd)
+        base.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_acquire_nowait_works_on_a_descriptor_above_1023(
+    pg_dsn: str, anyio_backend: Any, fds_above_1023: None
+) -> None:
+    """Regression: ``select.select`` raised ValueError for such a descriptor."""
+    async with PostgresLocks(pg_dsn, namespace=_namespace()) as pg:
+        lock = pg.lock("high")
+        lock.acquire_nowait()  # connects, then one round trip, both waited for in the thread
+        try:
+            assert lock.locked()
+        finally:
+            lock.release()
