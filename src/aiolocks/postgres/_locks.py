@@ -1509,14 +1509,24 @@ async def _cancel_and_drain(session: Session, target: Pending | None) -> None:
     server, hence the retry.
     """
     session.poll()
+    silent: Pending | None = None
     while not session.idle:
         head = session.oldest
-        if head is target and not await session.cancel_running(_CANCEL_TIMEOUT):
-            # Undeliverable (network cut, server gone, libpq < 17): the statement may wait on
-            # forever, so the session goes; the server then drops the request and any grant.
-            reason = SessionLost("a waiting lock statement could not be cancelled in time")
+        if head is target:
+            if not await session.cancel_running(_CANCEL_TIMEOUT):
+                # Undeliverable (network cut, server gone, libpq < 17): the statement may wait
+                # on forever, so the session goes; the server drops the request and any grant.
+                reason = SessionLost("a waiting lock statement could not be cancelled in time")
+                session.close(reason)
+                raise reason
+        elif head is silent:
+            # An earlier statement (an unlock, a name's registration: none of them waits on
+            # the server) is still unanswered after 0.5 s: the network or the server is gone,
+            # and the answers may never come.  The session goes, as above.
+            reason = SessionLost("the lock session stopped answering")
             session.close(reason)
             raise reason
+        silent = head
         with anyio.move_on_after(0.5):
             await session.wait(head)
 
