@@ -129,7 +129,9 @@ async def test_readers_hold_the_lock_together(pg_locks: PostgresLocks) -> None:
     assert count == 4
 
 
-async def test_waiting_writer_holds_back_a_new_reader(pg_locks: PostgresLocks) -> None:
+async def test_waiting_writer_holds_back_a_new_reader(
+    pg_locks: PostgresLocks, other: PostgresLocks
+) -> None:
     rw = pg_locks.rwlock("prefer-writers")
     order: list[str] = []
     release_first = anyio.Event()
@@ -142,9 +144,9 @@ async def test_waiting_writer_holds_back_a_new_reader(pg_locks: PostgresLocks) -
         async with rw.writer:
             order.append("writer")
 
-    async def late_reader() -> None:
-        async with rw.reader:
-            order.append("late reader")
+    async def late_reader(view: Any, who: str) -> None:
+        async with view:
+            order.append(who)
 
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
@@ -152,16 +154,24 @@ async def test_waiting_writer_holds_back_a_new_reader(pg_locks: PostgresLocks) -
             await wait_until(pg_locks, lambda s: holders_of(s, "prefer-writers") == 1)
             tg.start_soon(writer)
             await wait_until(pg_locks, lambda s: waiters_of(s, "prefer-writers") == 1)
-            tg.start_soon(late_reader)
+            # a reader of another process queues on the server, behind the writer
+            tg.start_soon(late_reader, other.rwlock("prefer-writers").reader, "other process")
             snap = await wait_until(pg_locks, lambda s: waiters_of(s, "prefer-writers") == 2)
             (info,) = snap
             writer_pid = next(w.pid for w in info.waiters if w.mode == "write")
             late = next(w for w in info.waiters if w.mode == "read")
             assert writer_pid in late.blocked_by  # queued behind the writer, not the reader
+            # a reader of this process queues locally, behind the writer, costing no session
+            tg.start_soon(late_reader, rw.reader, "this process")
+            while rw.reader.statistics().readers_waiting < 1:
+                await anyio.sleep(0.01)
             stats = rw.reader.statistics()
             assert (stats.readers, stats.readers_waiting, stats.writers_waiting) == (1, 1, 1)
+            (info,) = await pg_locks.snapshot()
+            assert len(info.waiters) == 2
             release_first.set()
-    assert order == ["writer", "late reader"]
+    assert order[0] == "writer"
+    assert sorted(order[1:]) == ["other process", "this process"]
 
 
 async def test_writers_are_served_in_arrival_order(pg_locks: PostgresLocks) -> None:
@@ -177,7 +187,10 @@ async def test_writers_are_served_in_arrival_order(pg_locks: PostgresLocks) -> N
         async with anyio.create_task_group() as tg:
             for i in range(4):
                 tg.start_soon(waiter, i)
-                await wait_until(pg_locks, _waiting("fifo", i + 1))
+                while lock.statistics().tasks_waiting < i + 1:
+                    await anyio.sleep(0.005)
+            # the first waits on the server, the others in the process (costing no session)
+            await wait_until(pg_locks, _waiting("fifo", 1))
             assert lock.statistics().tasks_waiting == 4
             lock.release()
     assert order == [0, 1, 2, 3]

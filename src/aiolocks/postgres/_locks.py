@@ -56,6 +56,7 @@ from .._backend import (
 )
 from .._common import held_checkpoint, no_sync_with
 from .._exceptions import DeadlockError, LockLostError
+from .._lock import Lock
 from .._rwlock import RWLockStatistics
 from ._session import Pending, ServerError, Session, SessionLost
 
@@ -244,13 +245,17 @@ class _TaskState:
 class _KeyInfo:
     """Local knowledge about one key: which tasks of this process hold or wait for it."""
 
-    __slots__ = ("readers", "s_waiting", "writer", "x_waiting")
+    __slots__ = ("gate", "readers", "s_waiting", "writer", "x_waiting")
 
     def __init__(self) -> None:
         self.writer: Any = None
         self.readers: dict[Any, None] = {}  # tasks holding only shared
         self.x_waiting = 0
         self.s_waiting = 0
+        #: the local queue in front of the server's: a task that holds nothing waits here
+        #: for its turn to wait on the server, so one key costs this process at most one
+        #: waiting session however many tasks want it (see _gated)
+        self.gate: Lock | None = None
 
     def idle(self) -> bool:
         return (
@@ -701,7 +706,11 @@ class PostgresLocks:
 
     def _update_key_info(self, task: Any, hold: _Hold) -> None:
         info = self._key_info(hold.key)
-        if hold.x:
+        if hold.lost is not None:  # a lost hold is held by nobody, though not yet released
+            if info.writer is task:
+                info.writer = None
+            info.readers.pop(task, None)
+        elif hold.x:
             info.writer = task
             info.readers.pop(task, None)
         else:
@@ -728,6 +737,7 @@ class PostgresLocks:
             if hold.lost is None and (hold.server_x or hold.server_s):
                 hold.lost = reason
                 hold.server_x = hold.server_s = False
+                self._update_key_info(ts.task, hold)
                 if self._cancel_on_loss:
                     for key, scope in self._scopes.get(ts.task, ()):
                         if key == hold.key:
@@ -763,18 +773,19 @@ class PostgresLocks:
         else:
             info.s_waiting += 1
         try:
-            ts = await self._session_for(ts, task)
-            ts.waiting += 1
-            try:
+            async with self._gated(ts, [info], view):
+                ts = await self._session_for(ts, task)
+                ts.waiting += 1
                 try:
-                    token = await self._lock_statement(ts, view, mode)
-                except SessionLost:
-                    # The session died (its locks with it): a new acquisition reconnects
-                    # transparently, once.
-                    ts = await self._session_for(ts, task)
-                    token = await self._lock_statement(ts, view, mode)
-            finally:
-                ts.waiting -= 1
+                    try:
+                        token = await self._lock_statement(ts, view, mode)
+                    except SessionLost:
+                        # The session died (its locks with it): a new acquisition reconnects
+                        # transparently, once.
+                        ts = await self._session_for(ts, task)
+                        token = await self._lock_statement(ts, view, mode)
+                finally:
+                    ts.waiting -= 1
         except BaseException:
             if ts is not None:
                 self._maybe_unbind(ts)
@@ -799,6 +810,23 @@ class PostgresLocks:
                     pass
             raise
         return task
+
+    def _gated(self, ts: _TaskState | None, infos: list[_KeyInfo], view: _View) -> _Gates:
+        """The local queue a task waits in before it waits on the server, for each key of
+        ``infos`` (ascending keys).
+
+        Only a task that holds nothing queues here: it costs no session until its turn, and
+        nothing can wait for it, so the gates never hide a deadlock from the server's
+        detector (a holder goes straight to the server with the session it has).
+        """
+        if ts is not None and ts.holds:
+            return _NO_GATES
+        gates = []
+        for info in infos:
+            if info.gate is None:
+                info.gate = Lock(fast_acquire=True, name=f"aiolocks.postgres {view._describe()}")
+            gates.append(info.gate)
+        return _Gates(gates)
 
     def _undo_level(self, view: _View, mode: int) -> Any:
         def undo(task: Any) -> None:  # cancelled at the checkpoint after a re-entrant grant
@@ -1328,12 +1356,13 @@ class PostgresLocks:
             else:
                 info.s_waiting += 1
         try:
-            ts = await self._session_for(ts, task)
-            ts.waiting += 1
-            try:
-                tokens = await self._lock_many_statement(ts, [wanted[k] for k in order])
-            finally:
-                ts.waiting -= 1
+            async with self._gated(ts, [info for info, _ in infos], wanted[order[0]][0]):
+                ts = await self._session_for(ts, task)
+                ts.waiting += 1
+                try:
+                    tokens = await self._lock_many_statement(ts, [wanted[k] for k in order])
+                finally:
+                    ts.waiting -= 1
         except BaseException:
             if ts is not None:
                 self._maybe_unbind(ts)
@@ -1461,6 +1490,7 @@ class PostgresLocks:
                     if hold.lost is None:
                         hold.lost = reason
                         hold.server_x = hold.server_s = False
+                        self._update_key_info(ts.task, hold)
                 self._drop_session(ts)
         for session in self._idle:
             session.close()
@@ -1482,6 +1512,38 @@ class PostgresLocks:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+@final
+class _Gates:
+    """Holds the local gates of some keys (core :class:`~aiolocks.Lock` s, so FIFO and
+    cancellation-safe) for the body of ``async with``, taken in list order."""
+
+    __slots__ = ("_gates", "_held")
+
+    def __init__(self, gates: list[Lock]) -> None:
+        self._gates = gates
+        self._held = 0
+
+    async def __aenter__(self) -> None:
+        try:
+            for gate in self._gates:
+                await gate.acquire()
+                self._held += 1
+        except BaseException:
+            self.release()
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+    def release(self) -> None:
+        while self._held:
+            self._held -= 1
+            self._gates[self._held].release()
+
+
+_NO_GATES = _Gates([])
 
 
 def _schedule_point(loop: Any) -> Awaitable[None]:
@@ -1704,6 +1766,11 @@ def _token_of(view: _View) -> int:
     hold = ts.holds.get(view._key) if ts is not None else None
     if hold is None or not hold.x:
         raise RuntimeError(f"fencing_token of {view!r}: this task does not hold it exclusively")
+    if hold.lost is not None:
+        raise LockLostError(
+            f"fencing_token of {view!r}: the lock was lost ({hold.lost}); another process may "
+            "hold it now, so this token must not be used"
+        ) from hold.lost
     return hold.token
 
 
