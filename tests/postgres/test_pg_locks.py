@@ -462,6 +462,11 @@ async def test_lost_hold_raises_at_release(pg_locks: PostgresLocks, pg_dsn: str)
         await server(pg_dsn, "SELECT pg_terminate_backend(%s, 5000)", info.holders[0].pid)
         with pytest.raises(LockLostError):
             await rw.reader.acquire()  # re-entrant on a lost hold: refused
+        # known lost (by the refused acquire): held by nobody here, its token unusable
+        assert not rw.writer.locked()
+        assert rw.writer.statistics().owner is None
+        with pytest.raises(LockLostError, match="must not be used"):
+            rw.writer.fencing_token  # noqa: B018
         with pytest.raises(LockLostError):
             rw.writer.release()
         assert not rw.writer.locked()
