@@ -135,3 +135,74 @@ async def test_a_holders_child_takes_a_second_lock_while_many_wait_for_the_first
         assert order[0] == "child" and order.count("waiter") == 63
     finally:
         await pg.aclose()
+
+
+async def test_idle_sessions_close_after_idle_timeout(pg_dsn: str, pg_locks: PostgresLocks) -> None:
+    pg = PostgresLocks(pg_dsn, namespace=pg_locks.namespace, idle_timeout=0.3, heartbeat=0.1)
+    held = anyio.Event()
+    try:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                for i in range(5):  # five holders at once: five sessions
+
+                    async def hold(i: int = i) -> None:
+                        async with pg.lock(f"idle-{i}"):
+                            await held.wait()
+
+                    tg.start_soon(hold)
+                while await anyio.to_thread.run_sync(_own_sessions, pg_dsn) < 5:
+                    await anyio.sleep(0.02)
+                held.set()
+            start = anyio.current_time()
+            while await anyio.to_thread.run_sync(_own_sessions, pg_dsn):
+                await anyio.sleep(0.05)
+            closed_after = anyio.current_time() - start
+        print(f"5 idle sessions closed {closed_after:.2f} s after release (idle_timeout 0.3 s)")
+        assert closed_after >= 0.2  # pooled first: idle, not closed at once
+        async with pg.lock("idle-0"):  # and the space opens new ones on demand
+            pass
+    finally:
+        await pg.aclose()
+
+
+@pytest.fixture
+def limited_dsn(pg_dsn: str) -> Iterator[str]:
+    """A database whose role may open 2 connections: the server says "too many
+    connections" (SQLSTATE 53300) at the third, as a full server says "too many clients"."""
+    import uuid
+
+    import psycopg
+
+    name = f"lim_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {name} LOGIN CONNECTION LIMIT 2")
+        conn.execute(f"CREATE DATABASE {name} OWNER {name}")
+    info = psycopg.conninfo.conninfo_to_dict(pg_dsn)
+    info.update(user=name, dbname=name)
+    try:
+        yield psycopg.conninfo.make_conninfo(**info)
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+            conn.execute(f"DROP ROLE {name}")
+
+
+async def test_a_full_server_makes_tasks_wait_for_the_process_sessions_not_fail(
+    limited_dsn: str,
+) -> None:
+    done: list[int] = []
+    release = anyio.Event()
+    async with PostgresLocks(limited_dsn, namespace="full", max_sessions=10) as pg:
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for i in range(20):  # 20 distinct names at once: 20 sessions wanted
+
+                    async def hold(i: int = i) -> None:
+                        async with pg.lock(f"n{i}"):
+                            await release.wait()
+                            done.append(i)
+
+                    tg.start_soon(hold)
+                await anyio.sleep(0.3)  # the first two hold; the others retry and wait
+                release.set()
+    assert sorted(done) == list(range(20))

@@ -75,6 +75,20 @@ __all__ = [
 X, S = 0, 1  # exclusive, shared
 _LOCK, _RWLOCK = "lock", "rwlock"
 
+#: Connection failures that pass: the server is full ("too many clients"), starting up or
+#: shutting down, or not listening yet (a restart).  A checkout retries them with backoff.
+_TRANSIENT_CONNECT = (
+    "too many clients",
+    "too many connections",  # for a role or a database (CONNECTION LIMIT)
+    "remaining connection slots are reserved",
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+    "connection refused",
+)
+#: Without a session of its own to wait for, a checkout retries transient failures this long.
+_CONNECT_RETRY = 30.0
+
 #: Bound on the shielded clean-up after a failed lock statement, and on a release's wait.
 _RECOVERY_TIMEOUT = 10.0
 #: acquire_nowait() blocks the event loop for one round trip, at most this long in all.
@@ -350,9 +364,13 @@ class PostgresLocks:
     trio.
 
     The space owns private lock sessions (never the application's connection pool) and binds
-    one to each task while it holds or waits on any of its locks; a task holding nothing has no
-    session.  So ``max_sessions`` is the number of tasks of this process that can hold or wait
-    at once; more tasks wait (holding nothing) for a session.  A transaction-mode pooler
+    one to each task while it holds any of its locks or waits on the server for one.  Tasks
+    that hold nothing queue in the process per name (FIFO) before one of them waits on the
+    server, so a name costs the process at most one waiting session however many tasks want
+    it; sessions are bounded by what is held and contended, not by tasks, and close after
+    ``idle_timeout`` seconds unused.  When the server refuses a new session (``too many
+    clients``, a restart), a task waits for one of the process's own sessions, or retries
+    with backoff for 30 s, within its cancel scope.  A transaction-mode pooler
     (PgBouncer ``pool_mode=transaction``) between the process and the server breaks session
     locks: connect directly or through a session-mode pooler.
 
@@ -370,7 +388,12 @@ class PostgresLocks:
     Args:
         dsn: a libpq connection string or ``postgresql://`` URL.
         namespace: names are unique within a namespace; other namespaces are other locks.
-        max_sessions: the most server sessions the space opens at once.
+        max_sessions: the most server sessions the space opens at once (the default, 10,
+            leaves room for the application's own connections with 8 worker processes on a
+            server with PostgreSQL's default ``max_connections`` of 100).  Tasks holding
+            locks need one each; count processes times ``max_sessions`` against the server's
+            ``max_connections``.
+        idle_timeout: seconds after which an unused session is closed (0: at the next check).
         heartbeat: seconds between checks of the holders' sessions (0 disables the heartbeat;
             a loss is then found at release at the latest).
         cancel_on_loss: cancel the ``async with`` body of a hold as soon as the heartbeat finds
@@ -403,6 +426,7 @@ class PostgresLocks:
         "_hb_task",
         "_held_keys",
         "_idle",
+        "_idle_timeout",
         "_keys",
         "_loop",
         "_max_held_keys",
@@ -425,7 +449,8 @@ class PostgresLocks:
         dsn: str,
         *,
         namespace: str = "aiolocks",
-        max_sessions: int = 64,
+        max_sessions: int = 10,
+        idle_timeout: float = 5.0,
         heartbeat: float = 2.0,
         cancel_on_loss: bool = True,
         max_held_keys: int = 10_000,
@@ -435,6 +460,8 @@ class PostgresLocks:
         self._namespace = _check_text(namespace, "namespace")
         if not isinstance(max_sessions, int) or max_sessions < 1:
             raise ValueError("max_sessions must be an int >= 1")
+        if not isinstance(idle_timeout, (int, float)) or idle_timeout < 0:
+            raise ValueError("idle_timeout must be a number of seconds >= 0")
         if not isinstance(heartbeat, (int, float)) or heartbeat < 0:
             raise ValueError("heartbeat must be a number of seconds >= 0")
         if not isinstance(max_held_keys, int) or max_held_keys < 1:
@@ -444,6 +471,7 @@ class PostgresLocks:
         self._dsn = dsn
         self._max_sessions = max_sessions
         self._hb_interval = float(heartbeat)
+        self._idle_timeout = float(idle_timeout)
         self._cancel_on_loss = cancel_on_loss
         self._max_held_keys = max_held_keys
         self._settings = _session_settings(self._hb_interval)
@@ -451,7 +479,7 @@ class PostgresLocks:
         self._loop: Any = None
         self._tid: Any = None
         self._closed = False
-        self._idle: list[Session] = []  # pooled sessions, most recently used last
+        self._idle: list[tuple[Session, float]] = []  # pooled sessions and since when, LIFO
         self._count = 0  # sessions open or being opened
         self._pool_waiters: deque[_PoolWaiter] = deque()
         self._tasks: dict[Any, _TaskState] = {}
@@ -539,7 +567,7 @@ class PostgresLocks:
 
     def _rebind(self) -> None:
         """Moved to a new event loop while idle: the old loop's sessions and heartbeat go."""
-        for session in self._idle:
+        for session, _ in self._idle:
             session.close()
         self._idle.clear()
         self._count = 0
@@ -553,7 +581,13 @@ class PostgresLocks:
             raise anyio.ClosedResourceError(f"{self!r} is closed")
 
     async def _checkout(self) -> Session:
-        """A session for a task that holds nothing (it may wait for one, holding nothing)."""
+        """A session for a task that holds nothing (it may wait for one, holding nothing).
+
+        When the server refuses a new session for a while (full, restarting), the task waits
+        for one of the process's own sessions if it has any, else retries with backoff for
+        :data:`_CONNECT_RETRY` seconds: a burst of load never turns into a burst of errors.
+        """
+        backoff, failing_since = 0.0, 0.0
         while True:
             self._check_open()
             session = self._pop_idle()
@@ -563,6 +597,16 @@ class PostgresLocks:
                 self._count += 1
                 try:
                     return await Session.connect(self._dsn, owner_prefix(), self._settings)
+                except SessionLost as exc:
+                    self._count -= 1
+                    self._wake_pool_waiter()
+                    now = anyio.current_time()
+                    failing_since = failing_since or now
+                    if not _transient(exc) or (
+                        not self._count and now - failing_since > _CONNECT_RETRY
+                    ):
+                        raise
+                    backoff = min(max(backoff * 2, 0.05), 1.0)
                 except BaseException:
                     self._count -= 1
                     self._wake_pool_waiter()
@@ -570,7 +614,14 @@ class PostgresLocks:
             waiter = _PoolWaiter()
             self._pool_waiters.append(waiter)
             try:
-                await waiter.event.wait()
+                if backoff:  # a session of our own comes back, or it is time to try again
+                    with anyio.move_on_after(backoff):
+                        await waiter.event.wait()
+                    if not waiter.event.is_set():
+                        self._pool_waiters.remove(waiter)
+                        continue
+                else:
+                    await waiter.event.wait()
             except BaseException:
                 if waiter.session is not None:
                     self._checkin(waiter.session)
@@ -601,7 +652,7 @@ class PostgresLocks:
 
     def _pop_idle(self) -> Session | None:
         while self._idle:
-            session = self._idle.pop()
+            session, _ = self._idle.pop()
             if not session.closed:
                 try:
                     session.poll()  # zero round trips: a backend ended while pooled shows here
@@ -623,7 +674,8 @@ class PostgresLocks:
             waiter.session = session
             waiter.event.set()
             return
-        self._idle.append(session)
+        self._idle.append((session, time.monotonic()))
+        self._start_maintenance()
 
     def _wake_pool_waiter(self) -> None:
         if self._pool_waiters:
@@ -876,7 +928,7 @@ class PostgresLocks:
             hold.server_s = True
         self._update_key_info(ts.task, hold)
         if not self._hb_running and self._hb_interval > 0:
-            self._start_heartbeat()
+            self._start_maintenance()
 
     def _prefix_statements(self, session: Session, view: _View) -> Pending | None:
         """Send what must run before the first lock statement of a name (same round trip).
@@ -1259,28 +1311,42 @@ class PostgresLocks:
                 ts.waiting -= 1
                 self._maybe_unbind(ts)
 
-    # -- the heartbeat ----------------------------------------------------------------------------
+    # -- the heartbeat and the idle sessions ------------------------------------------------------
 
-    def _start_heartbeat(self) -> None:
+    def _start_maintenance(self) -> None:
+        """Start the system task that checks holders and closes idle sessions, unless it runs
+        (it ends by itself when there is nothing left to do)."""
+        if self._hb_running or self._closed:
+            return
         self._hb_running = True
         if self._loop is TRIO:
             trio = sys.modules["trio"]
-            self._hb_task = trio.lowlevel.spawn_system_task(self._heartbeat, name="aiolocks-pg")
+            self._hb_task = trio.lowlevel.spawn_system_task(self._maintain, name="aiolocks-pg")
         else:
-            self._hb_task = self._loop.create_task(self._heartbeat())
+            self._hb_task = self._loop.create_task(self._maintain())
 
-    async def _heartbeat(self) -> None:
-        """Checks the sessions of holders every ``heartbeat`` seconds while holds exist."""
+    async def _maintain(self) -> None:
+        """Every ``heartbeat`` seconds while holds exist, checks the sessions of holders; closes
+        sessions left idle for ``idle_timeout`` seconds."""
         scope = self._hb_scope = anyio.CancelScope()
+        beat = self._hb_interval or float("inf")
         try:
             with scope:
                 ping_every = self._hb_interval * 3
                 ping_timeout = max(self._hb_interval * 2, 1.0)
                 while not self._closed:
-                    await anyio.sleep(self._hb_interval)
-                    if not any(ts.holds for ts in self._tasks.values()):
+                    holds = beat < float("inf") and any(ts.holds for ts in self._tasks.values())
+                    if not holds and not self._idle:
                         break
-                    self._tick(time.monotonic(), ping_every, ping_timeout)
+                    delay = beat
+                    if self._idle:
+                        expiry = self._idle[0][1] + self._idle_timeout
+                        delay = max(0.0, min(beat, expiry - time.monotonic()))
+                    await anyio.sleep(delay)
+                    now = time.monotonic()
+                    self._close_idle(now)
+                    if holds:
+                        self._tick(now, ping_every, ping_timeout)
         except Exception:  # pragma: no cover - a heartbeat must never crash the event loop
             pass
         finally:
@@ -1288,6 +1354,12 @@ class PostgresLocks:
                 self._hb_scope = None
             self._hb_running = False
             self._hb_task = None
+
+    def _close_idle(self, now: float) -> None:
+        while self._idle and now - self._idle[0][1] >= self._idle_timeout:
+            session, _ = self._idle.pop(0)
+            session.close()
+            self._count -= 1
 
     def _tick(self, now: float, ping_every: float, ping_timeout: float) -> None:
         for ts in list(self._tasks.values()):
@@ -1492,7 +1564,7 @@ class PostgresLocks:
                         hold.server_x = hold.server_s = False
                         self._update_key_info(ts.task, hold)
                 self._drop_session(ts)
-        for session in self._idle:
+        for session, _ in self._idle:
             session.close()
         self._idle.clear()
         while self._pool_waiters:
@@ -1544,6 +1616,11 @@ class _Gates:
 
 
 _NO_GATES = _Gates([])
+
+
+def _transient(exc: SessionLost) -> bool:
+    text = str(exc).lower()
+    return any(part in text for part in _TRANSIENT_CONNECT)
 
 
 def _schedule_point(loop: Any) -> Awaitable[None]:
