@@ -34,8 +34,9 @@ import socket
 import sys
 import time
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from types import TracebackType
 from typing import Any, cast, final
 
@@ -243,10 +244,13 @@ class _Hold:
 class _TaskState:
     """A task that holds or waits on locks of the space, and the session serving it."""
 
-    __slots__ = ("holds", "ping", "ping_at", "session", "task", "waiting", "watch")
+    __slots__ = ("holds", "lost", "ping", "ping_at", "session", "task", "waiting", "watch")
 
-    def __init__(self, task: Any, session: Session | None) -> None:
+    def __init__(
+        self, task: Any, session: Session | None, on_lost: Callable[[_TaskState, Any], None]
+    ) -> None:
         self.task = task
+        self.lost = partial(on_lost, self)  # called with the reason when its session breaks
         self.session = session
         self.holds: dict[int, _Hold] = {}
         self.waiting = 0
@@ -664,6 +668,7 @@ class PostgresLocks:
         return None
 
     def _checkin(self, session: Session) -> None:
+        session.unwatch()
         if session.closed or self._closed:
             session.close()
             self._count -= 1
@@ -682,7 +687,7 @@ class PostgresLocks:
             self._pool_waiters.popleft().event.set()
 
     def _bind(self, task: Any, session: Session) -> _TaskState:
-        ts = _TaskState(task, session)
+        ts = _TaskState(task, session, self._session_lost)
         self._tasks[task] = ts
         ts.watch = watch(self._loop, task, self._task_exited)
         return ts
@@ -779,6 +784,8 @@ class PostgresLocks:
         hold.server_x = hold.server_s = False
         if ts.holds.pop(hold.key, None) is not None:
             self._held_keys -= 1
+            if not ts.holds and ts.session is not None:
+                ts.session.unwatch()
         self._update_key_info(ts.task, hold)
 
     def _session_lost(self, ts: _TaskState, reason: BaseException) -> None:
@@ -927,6 +934,9 @@ class PostgresLocks:
             hold.s = 1
             hold.server_s = True
         self._update_key_info(ts.task, hold)
+        session = ts.session
+        if session is not None:  # a terminated backend or a shutdown is known at once
+            session.watch(self._loop, ts.lost)
         if not self._hb_running and self._hb_interval > 0:
             self._start_maintenance()
 

@@ -8,9 +8,16 @@ a statement can be *sent* at any time without waiting for the results of earlier
 synchronous ``release()`` sends its unlock and returns; whoever uses the session next reads
 the result).  Results come back in order; each statement's end is its ``PIPELINE_SYNC``.
 
+A session that backs a held lock is *watched* (:meth:`Session.watch`): whenever nobody awaits
+its results, the event loop reads the socket as soon as data arrives (asyncio: a reader
+callback; trio: a system task), so a terminated backend or a server shutdown is known within
+the loop's latency, not at the next heartbeat.
+
 Invariants:
     _pending holds one entry per statement sent and not yet read, oldest first
-    reading is True while a task awaits results; nobody else touches the socket then
+    reading is True while a task awaits results; nobody else touches the socket then (the
+      watch is disarmed meanwhile, and armed again after)
+    _armed is not None only while watched, not reading and not closed
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import os
 import selectors
 import socket
+import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,6 +34,8 @@ from typing import Any, final
 import anyio
 from psycopg import OperationalError, pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from .._backend import TRIO
 
 __all__ = ["Pending", "ServerError", "Session", "SessionLost"]
 
@@ -166,6 +176,9 @@ class Session:
 
     __slots__ = (
         "__weakref__",
+        "_armed",
+        "_loop",
+        "_on_lost",
         "_pending",
         "_prepared",
         "_read",
@@ -195,6 +208,9 @@ class Session:
         self.owner: Any = None  # the task its application_name was last set for
         self.pid = pgconn.backend_pid
         self.server_version = pgconn.server_version
+        self._loop: Any = None
+        self._on_lost: Callable[[SessionLost], None] | None = None  # set while watched
+        self._armed: Any = None  # trio: the watching task's cancel scope; asyncio: True
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{len(self._pending)} pending"
@@ -380,6 +396,7 @@ class Session:
         if target.done:
             return target
         self.reading = True
+        self._disarm()
         try:
             while True:
                 self.poll()
@@ -391,6 +408,8 @@ class Session:
                     await self._read()
         finally:
             self.reading = False
+            if self._on_lost is not None:
+                self._arm()
 
     def wait_blocking(self, target: Pending | None, deadline: float) -> None:
         """Like :meth:`wait` (``None``: every statement sent), blocking the thread until
@@ -447,6 +466,55 @@ class Session:
             cancel.finish()
         return False
 
+    # -- watching ---------------------------------------------------------------------------------
+
+    def watch(self, loop: Any, on_lost: Callable[[SessionLost], None]) -> None:
+        """Read the socket whenever data arrives and nobody awaits results; call ``on_lost``
+        (once) when that finds the connection broken.  ``loop``: the asyncio loop, or TRIO."""
+        if self._on_lost is None and not self.closed:
+            self._loop = loop
+            self._on_lost = on_lost
+            if not self.reading:
+                self._arm()
+
+    def unwatch(self) -> None:
+        self._on_lost = None
+        self._disarm()
+
+    def _arm(self) -> None:
+        if self._armed is not None or self.closed:
+            return
+        if self._loop is TRIO:
+            trio = sys.modules["trio"]
+            scope = self._armed = trio.CancelScope()
+            trio.lowlevel.spawn_system_task(self._watch_trio, scope, name="aiolocks-pg-watch")
+        else:
+            self._loop.add_reader(self.fd, self._readable)
+            self._armed = True
+
+    def _disarm(self) -> None:
+        armed, self._armed = self._armed, None
+        if armed is True:
+            self._loop.remove_reader(self.fd)
+        elif armed is not None:
+            armed.cancel()  # synchronous in trio: the descriptor is free at once
+
+    async def _watch_trio(self, scope: Any) -> None:
+        trio = sys.modules["trio"]
+        with scope:
+            while not scope.cancel_called:
+                await trio.lowlevel.wait_readable(self.fd)
+                self._readable()
+
+    def _readable(self) -> None:
+        on_lost = self._on_lost
+        try:
+            self.poll()
+        except SessionLost as exc:
+            self._on_lost = None
+            if on_lost is not None:
+                on_lost(exc)
+
     # -- closing ----------------------------------------------------------------------------------
 
     def _broken(self, exc: BaseException) -> None:
@@ -456,6 +524,7 @@ class Session:
         """Close the connection (the server then releases everything it held)."""
         if self.closed:
             return
+        self._disarm()
         self.closed = True
         error = reason or SessionLost("the session was closed")
         pending, self._pending = self._pending, deque()
