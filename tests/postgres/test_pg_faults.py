@@ -28,12 +28,14 @@ from typing import Any
 async def _worker(config: dict[str, Any]) -> None:
     import anyio
 
+    from aiolocks import LockLostError
     from aiolocks.postgres import PostgresLocks
 
     async def command() -> str:
         return (await anyio.to_thread.run_sync(sys.stdin.readline)).strip()
 
-    async with PostgresLocks(config["dsn"], namespace=config["namespace"]) as pg:
+    lease = config.get("lease")
+    async with PostgresLocks(config["dsn"], namespace=config["namespace"], lease=lease) as pg:
         lock = pg.lock(config["name"])
         if config["role"] == "wait":
             print("waiting", flush=True)
@@ -41,8 +43,14 @@ async def _worker(config: dict[str, Any]) -> None:
         print(f"granted {time.monotonic()!r}", flush=True)
         try:
             await command()  # "release", or EOF
-        finally:
+        except BaseException:
             lock.release()
+            raise
+        try:
+            lock.release()
+        except LockLostError:
+            print("lost", flush=True)
+            return
         print("released", flush=True)
 
 
@@ -138,9 +146,11 @@ class Worker:
         self.out = BufferedByteReceiveStream(proc.stdout)
 
     @classmethod
-    async def start(cls, dsn: str, namespace: str, name: str, role: str, backend: str) -> Worker:
+    async def start(
+        cls, dsn: str, namespace: str, name: str, role: str, backend: str, **more: Any
+    ) -> Worker:
         config = {"dsn": dsn, "namespace": namespace, "name": name, "role": role}
-        config["backend"] = backend
+        config.update(backend=backend, **more)
         proc = await anyio.open_process([sys.executable, __file__, json.dumps(config)], stderr=None)
         return cls(proc)
 
@@ -318,6 +328,42 @@ async def test_sigstopped_holder_process_keeps_the_lock_until_it_continues(
                     await got.wait()
             with anyio.fail_after(5):
                 assert await holder.line() == "released"
+    finally:
+        await holder.finish()
+
+
+async def test_sigstopped_holder_with_a_lease_loses_the_lock_within_the_lease(
+    pg_dsn: str, sql: Sql, anyio_backend: Any
+) -> None:
+    """``lease=``: the server ends the frozen holder's idle session after the lease, so a
+    waiter gets the lock; the holder, continued, is told (LockLostError at its release)."""
+    from aiolocks.postgres import PostgresLocks
+
+    namespace = _namespace()
+    backend = _backend_name(anyio_backend)
+    lease = 1.5
+    holder = await Worker.start(pg_dsn, namespace, "leased", "hold", backend, lease=lease)
+    try:
+        with anyio.fail_after(10):
+            assert (await holder.line()).startswith("granted")
+        async with PostgresLocks(pg_dsn, namespace=namespace) as pg:
+            with anyio.fail_after(10):
+                os.kill(holder.pid, signal.SIGSTOP)
+                frozen = time.monotonic()
+                try:
+                    async with pg.lock("leased"):
+                        granted_after = time.monotonic() - frozen
+                finally:
+                    os.kill(holder.pid, signal.SIGCONT)
+            await holder.send("release")
+            with anyio.fail_after(5):
+                told = await holder.line()
+            print(
+                f"\nlease {lease} s [{backend}]: frozen holder's lock granted to a waiter "
+                f"after {granted_after:.2f} s; the holder, continued, was told: {told!r}"
+            )
+            assert lease * 0.9 <= granted_after <= lease + 1.0
+            assert told == "lost"
     finally:
         await holder.finish()
 

@@ -144,15 +144,16 @@ ORDER BY n.kind, n.name, l.granted DESC, {waitstart} NULLS FIRST, l.pid
 _DEADLOCK_LOCK_RE = re.compile(rb"advisory lock \[\d+,(\d+),(\d+),1\]")
 
 
-def _session_settings(heartbeat: float) -> dict[str, str]:
+def _session_settings(heartbeat: float, lease: float | None = None) -> dict[str, str]:
     # The server notices a vanished client (frozen, partitioned) within idle + interval * count
-    # seconds; the client's own heartbeat is meant to notice a loss first.
+    # seconds; the client's own heartbeat is meant to notice a loss first.  With a lease, the
+    # server ends a session that stays idle (no ping from the heartbeat) for that long.
     idle = max(10, int(heartbeat * 5))
     return {
         "statement_timeout": "0",
         "lock_timeout": "0",
         "idle_in_transaction_session_timeout": "0",
-        "idle_session_timeout": "0",
+        "idle_session_timeout": str(round(lease * 1000)) if lease else "0",
         "client_min_messages": "error",
         "tcp_keepalives_idle": str(idle),
         "tcp_keepalives_interval": "5",
@@ -398,6 +399,14 @@ class PostgresLocks:
             locks need one each; count processes times ``max_sessions`` against the server's
             ``max_connections``.
         idle_timeout: seconds after which an unused session is closed (0: at the next check).
+        lease: seconds (>= 1; PostgreSQL 14+): the server ends a lock session it has not
+            heard from for that long, so a holder that is frozen (SIGSTOP, a long GC pause, a
+            VM migration) or cut off from the server loses its locks within ``lease`` seconds
+            instead of holding them until TCP keepalive gives up; the heartbeat pings every
+            ``lease / 4`` and reports the hold lost after ``lease / 2`` without an answer, before
+            the server frees it.  Guard writes with :attr:`PostgresLock.fencing_token`: a
+            process that resumes after its lease has to be refused by the store.  None (the
+            default): no lease.
         heartbeat: seconds between checks of the holders' sessions (0 disables the heartbeat;
             a loss is then found at release at the latest).
         cancel_on_loss: cancel the ``async with`` body of a hold as soon as the heartbeat finds
@@ -432,6 +441,7 @@ class PostgresLocks:
         "_idle",
         "_idle_timeout",
         "_keys",
+        "_lease",
         "_loop",
         "_max_held_keys",
         "_max_sessions",
@@ -456,6 +466,7 @@ class PostgresLocks:
         max_sessions: int = 10,
         idle_timeout: float = 5.0,
         heartbeat: float = 2.0,
+        lease: float | None = None,
         cancel_on_loss: bool = True,
         max_held_keys: int = 10_000,
     ) -> None:
@@ -468,6 +479,11 @@ class PostgresLocks:
             raise ValueError("idle_timeout must be a number of seconds >= 0")
         if not isinstance(heartbeat, (int, float)) or heartbeat < 0:
             raise ValueError("heartbeat must be a number of seconds >= 0")
+        if lease is not None and (not isinstance(lease, (int, float)) or lease < 1):
+            raise ValueError(
+                "lease must be None or a number of seconds >= 1 (the server frees the locks "
+                "of a session it has not heard from for that long)"
+            )
         if not isinstance(max_held_keys, int) or max_held_keys < 1:
             raise ValueError("max_held_keys must be an int >= 1")
         if not isinstance(cancel_on_loss, bool):
@@ -478,7 +494,8 @@ class PostgresLocks:
         self._idle_timeout = float(idle_timeout)
         self._cancel_on_loss = cancel_on_loss
         self._max_held_keys = max_held_keys
-        self._settings = _session_settings(self._hb_interval)
+        self._lease = float(lease) if lease is not None else None
+        self._settings = _session_settings(self._hb_interval, self._lease)
         self._sequence = "aiolocks_fence_" + _digest(self._namespace, size=8).hex()
         self._loop: Any = None
         self._tid: Any = None
@@ -937,7 +954,7 @@ class PostgresLocks:
         session = ts.session
         if session is not None:  # a terminated backend or a shutdown is known at once
             session.watch(self._loop, ts.lost)
-        if not self._hb_running and self._hb_interval > 0:
+        if not self._hb_running and (self._hb_interval > 0 or self._lease):
             self._start_maintenance()
 
     def _prefix_statements(self, session: Session, view: _View) -> Pending | None:
@@ -1340,10 +1357,16 @@ class PostgresLocks:
         sessions left idle for ``idle_timeout`` seconds."""
         scope = self._hb_scope = anyio.CancelScope()
         beat = self._hb_interval or float("inf")
+        ping_every = self._hb_interval * 3
+        ping_timeout = max(self._hb_interval * 2, 1.0)
+        if self._lease:
+            # a ping reaches the server every lease/4; one unanswered for lease/2 means the
+            # hold is lost, before the server (lease after the last ping it got) frees it
+            ping_every = self._lease / 4
+            ping_timeout = self._lease / 2
+            beat = min(beat, ping_every / 2)
         try:
             with scope:
-                ping_every = self._hb_interval * 3
-                ping_timeout = max(self._hb_interval * 2, 1.0)
                 while not self._closed:
                     holds = beat < float("inf") and any(ts.holds for ts in self._tasks.values())
                     if not holds and not self._idle:

@@ -51,6 +51,7 @@ _POLL_FAILED = pq.PollingStatus.FAILED
 _SQLSTATE = pq.DiagnosticField.SQLSTATE
 _PRIMARY = pq.DiagnosticField.MESSAGE_PRIMARY
 _DETAIL = pq.DiagnosticField.MESSAGE_DETAIL
+_SEVERITY = pq.DiagnosticField.SEVERITY_NONLOCALIZED
 
 #: Session settings needing PostgreSQL 14+ (an older server refuses unknown startup options).
 _PG14_SETTINGS = ("idle_session_timeout", "client_connection_check_interval")
@@ -351,6 +352,9 @@ class Session:
         except OperationalError as exc:
             self._broken(exc)
             raise SessionLost(str(exc)) from exc
+        except SessionLost as exc:
+            self.close(exc)
+            raise
         if self.pgconn.status != _CONN_OK:
             exc2 = SessionLost(_error_text(self.pgconn) or "the connection is broken")
             self._broken(exc2)
@@ -373,12 +377,17 @@ class Session:
                 if head.on_done is not None:
                     head.on_done(head)
             elif status == _FATAL_ERROR:
+                error = ServerError(
+                    (res.error_field(_SQLSTATE) or b"").decode(),
+                    (res.error_field(_PRIMARY) or b"").decode(errors="replace"),
+                    (res.error_field(_DETAIL) or b"").decode(errors="replace"),
+                )
+                if res.error_field(_SEVERITY) in (b"FATAL", b"PANIC"):
+                    # the server ends the session (terminated, shut down, idle timeout): the
+                    # close follows, but the session is gone now, whatever was pending
+                    raise SessionLost(f"the server ended the session: {error}")
                 if head.error is None:
-                    head.error = ServerError(
-                        (res.error_field(_SQLSTATE) or b"").decode(),
-                        (res.error_field(_PRIMARY) or b"").decode(errors="replace"),
-                        (res.error_field(_DETAIL) or b"").decode(errors="replace"),
-                    )
+                    head.error = error
             elif status == _COMMAND_OK and head.prepares is not None:
                 head.prepares = None  # the prepare's own result: it worked
             elif status != _PIPELINE_ABORTED:
