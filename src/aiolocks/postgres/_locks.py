@@ -150,6 +150,13 @@ def _session_settings(heartbeat: float, lease: float | None = None) -> dict[str,
     # server ends a session that stays idle (no ping from the heartbeat) for that long.
     idle = max(10, int(heartbeat * 5))
     return {
+        # Durable fencing tokens on a server that commits asynchronously: nextval() writes WAL
+        # every 32 values and then takes a transaction id, so that the commit of its statement
+        # waits for that WAL to be flushed -- only if the session commits synchronously.  Same
+        # for the namespace's CREATE SEQUENCE.  ("on", not "local": a synchronous standby gets
+        # the WAL too, so a failover to it keeps the tokens.)  The 31 nextval() calls between
+        # two WAL writes do not wait (see tests/postgres/test_pg_durable.py for the window).
+        "synchronous_commit": "on",
         "statement_timeout": "0",
         "lock_timeout": "0",
         "idle_in_transaction_session_timeout": "0",
