@@ -679,3 +679,19 @@ async def test_aclose_wakes_a_waiting_acquire_and_loses_holds(
         with pytest.raises(anyio.ClosedResourceError):
             await pg.lock("closing").acquire()
         other.lock("closing").release()
+
+
+async def test_a_lost_token_sequence_is_set_up_again(pg_locks: PostgresLocks, pg_dsn: str) -> None:
+    """A restore or a failover can lose the namespace's sequence while sessions idle in the
+    pool: one acquisition fails with the server's error (holding nothing), the next sets it
+    up again."""
+    lock = pg_locks.lock("setup-again")
+    with anyio.fail_after(10):
+        async with lock:
+            pass
+        await server(pg_dsn, f"DROP SEQUENCE {pg_locks._sequence}")
+        with pytest.raises(Exception, match="does not exist"):
+            await lock.acquire()
+        assert not lock.locked()
+        async with lock:
+            assert lock.fencing_token >= 1

@@ -22,15 +22,18 @@ wait queue); per-task re-entrancy and :class:`~aiolocks.DeadlockError` with the 
 :class:`aiolocks.Lock` and :class:`aiolocks.RWLock`, plus ``DeadlockError`` when the server
 finds a deadlock between sessions; a cancelled or timed-out acquire never leaves the lock held;
 a lock whose holder dies (process killed, connection closed) is released within milliseconds.
-A hold that is lost (session terminated, server restarted, network cut) is reported with
-:class:`~aiolocks.LockLostError` at the latest when it is released, and by default the
-holder's ``async with`` body is cancelled as soon as the heartbeat notices.
+A hold that is lost (session terminated, server restarted, network cut) is known within
+milliseconds when the server says so (the holder's session is watched), and by default the
+holder's ``async with`` body is cancelled; its release raises :class:`~aiolocks.LockLostError`.
 
-Limits: each task that holds or waits uses one server session (``max_sessions`` caps them);
-a transaction-mode pooler (PgBouncer ``pool_mode=transaction``) breaks session locks; locks do
-not survive a failover or server restart (use fencing tokens to guard writes elsewhere); a
-frozen (SIGSTOP) or partitioned holder keeps its locks until TCP keepalive notices (tens of
-seconds with the settings the lock sessions use).
+Limits: each task that holds a lock uses one server session, and tasks waiting for a name
+queue in the process with one session per name on the server (``max_sessions`` caps them;
+idle ones close after ``idle_timeout``); a transaction-mode pooler (PgBouncer
+``pool_mode=transaction``) breaks session locks; locks do not survive a failover or server
+restart (use fencing tokens to guard writes elsewhere); a frozen (SIGSTOP) or partitioned
+holder keeps its locks while the server keeps its session: TCP keepalive gives up after
+about 25 s when the network is cut, never while the process is only stopped; ``lease=``
+bounds both.
 
 Runs on asyncio (also uvloop) and trio; needs ``psycopg`` 3 (``pip install
 aiolocks[postgres]``).  For a local development server see :mod:`aiolocks.postgres.testing`.

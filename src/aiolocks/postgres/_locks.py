@@ -1081,6 +1081,11 @@ class PostgresLocks:
             )
 
     async def _translate(self, exc: BaseException, view: _View, ts: _TaskState) -> BaseException:
+        if isinstance(exc, ServerError) and exc.sqlstate in ("42P01", "3F000"):
+            # the names table or the token sequence is gone (a restore, a failover, a dropped
+            # schema): the next acquisition sets them up again
+            self._setup_done = False
+            self._registered.clear()
         if isinstance(exc, ServerError) and exc.sqlstate == "40P01":
             names = await self._cycle_names(exc, ts)
             return DeadlockError(
