@@ -10,7 +10,7 @@ import os as _os
 from anyio import LockStatistics
 
 from ._collection import CollectionGuard, LockCollection, LockLike
-from ._condition import Condition, ConditionStatistics
+from ._condition import Condition
 from ._exceptions import (
     DeadlockError,
     LockLostError,
@@ -21,7 +21,8 @@ from ._exceptions import (
 from ._keyed import KeyedLock, KeyedRWLock
 from ._keys import TaskKey
 from ._lock import Lock
-from ._rwlock import ReadLock, RWLock, RWLockStatistics, UpgradableLock, WriteLock
+from ._rwlock import ReadLock, RWLock, UpgradableLock, WriteLock
+from ._types import ConditionStatistics, RWLockStatistics
 
 __all__ = [
     "CollectionGuard",

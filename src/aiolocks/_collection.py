@@ -14,7 +14,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Any, Literal, Protocol, final
+from typing import Any, Literal, Protocol, cast, final
 
 import anyio
 from anyio import WouldBlock
@@ -24,6 +24,7 @@ from ._condition import Condition
 from ._keys import TaskKey
 from ._lock import Lock
 from ._rwlock import ReadLock, UpgradableLock, WriteLock
+from ._types import Batching, RemoteMember
 
 __all__ = ["CollectionGuard", "LockCollection", "LockLike"]
 
@@ -56,7 +57,7 @@ class _Member:
 
     def __init__(self, lock: Any) -> None:
         self.lock = lock
-        self.batch: Any = None  # the lock space of a lock outside the process (see below)
+        self.batch: Batching | None = None  # the space of a lock outside the process (below)
         self.ident: Any = lock  # the underlying lock: what the order and duplicates go by
         self.shared = False
         if not callable(getattr(lock, "acquire", None)) or not callable(
@@ -69,12 +70,11 @@ class _Member:
             )
         self.acquire = lock.acquire
         self.release = lock.release
-        remote = getattr(lock, "_collection_member", None)
-        if remote is not None:
+        if isinstance(lock, RemoteMember):
             # A lock that lives outside the process (aiolocks.postgres): its lock space takes
             # a whole collection in one request, in its own global order (its keys).
-            self.batch, self.ident, self.shared = remote()
-            self.acquire_nowait = lock.acquire_nowait
+            self.batch, self.ident, self.shared = lock._collection_member()
+            self.acquire_nowait = cast("Any", lock).acquire_nowait
             return
         if isinstance(lock, (ReadLock, WriteLock)):
             self.ident = lock._rw
@@ -389,7 +389,7 @@ class LockCollection:
         try:
             batch = self._ordered[0].batch
             if batch is not None:  # all or nothing in one request: no strategy needed
-                await batch._acquire_many([(m.lock, m.shared) for m in self._ordered])
+                await batch._acquire_batch([(m.lock, m.shared) for m in self._ordered])
                 held.extend(self._ordered)
             elif self._strategy == "ordered":
                 await self._acquire_ordered(held)

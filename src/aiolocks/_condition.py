@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar, final
 
@@ -15,6 +14,7 @@ from ._common import add_sleeper, name_of, no_sync_with, set_name, who
 from ._lock import Lock
 from ._queue import GRANTED, Waiter, WaitQueue, new_waiter
 from ._rwlock import ReadLock, WriteLock
+from ._types import ConditionStatistics
 
 __all__ = ["Condition", "ConditionStatistics"]
 
@@ -23,21 +23,6 @@ T = TypeVar("T")
 # What the condition's lock is; it decides how wait() lets go of it and takes it back.
 _LOCK, _WRITER, _READER, _ANYIO = range(4)
 _KINDS = ((Lock, _LOCK), (WriteLock, _WRITER), (ReadLock, _READER), (anyio.Lock, _ANYIO))
-
-
-@dataclass(frozen=True)
-class ConditionStatistics:
-    """A snapshot of a :class:`Condition`.
-
-    Attributes:
-        tasks_waiting: tasks inside ``wait()`` that have not been notified yet.
-        lock_statistics: the statistics of the condition's lock (its own ``statistics()``).
-
-    .. versionadded:: 0.1
-    """
-
-    tasks_waiting: int
-    lock_statistics: Any
 
 
 @final

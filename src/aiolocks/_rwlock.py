@@ -10,12 +10,11 @@ as soon as the lock is back to a plain state, so ``_slow is None`` is the fast-p
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from inspect import isawaitable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, final, overload
 
-from anyio import BrokenResourceError, LockStatistics, TaskInfo, WouldBlock
+from anyio import BrokenResourceError, LockStatistics, WouldBlock
 
 from ._backend import READY, TRIO, resolve_task, task_info, task_of, thread_mark, unwatch, watch
 from ._common import (
@@ -30,6 +29,7 @@ from ._common import (
 )
 from ._exceptions import DeadlockError
 from ._queue import GONE, WAITING, Waiter, WaitQueue, new_waiter
+from ._types import RWLockStatistics
 
 __all__ = ["RWLock", "RWLockStatistics", "ReadLock", "UpgradableLock", "WriteLock"]
 
@@ -43,29 +43,6 @@ READ, WRITE, UPGRADABLE, UPGRADE = 0, 1, 2, 3
 _MODE_NAMES = ("read", "write", "upgradable", "upgrade")
 _MODES = {"read": READ, "write": WRITE, "upgradable": UPGRADABLE, "upgrade": UPGRADE}
 _NO_LIMIT = float("inf")
-
-
-@dataclass(frozen=True)
-class RWLockStatistics:
-    """A snapshot of an :class:`RWLock`.
-
-    Attributes:
-        readers: tasks holding a read lock: plain readers, the upgradable holder (until it
-            upgrades), and a writer that took read levels on top of its write hold.
-        writer: the task holding the write lock, or None.
-        readers_waiting: tasks queued for a read lock.
-        writers_waiting: tasks queued for the write lock or the upgradable lock, plus a pending
-            ``upgrade()``.
-        version: the lock's version stamp (see :attr:`RWLock.version`).
-
-    .. versionadded:: 0.1
-    """
-
-    readers: int
-    writer: TaskInfo | None
-    readers_waiting: int
-    writers_waiting: int
-    version: int
 
 
 class _WriteQueue(WaitQueue):

@@ -509,22 +509,23 @@ def test_lock_space_moves_to_a_new_event_loop_when_idle(pg_dsn: str) -> None:
     anyio.run(close, backend="asyncio")
 
 
-async def test_acquire_many_takes_all_or_nothing(
+async def test_acquire_batch_takes_all_or_nothing(
     pg_locks: PostgresLocks, other: PostgresLocks
 ) -> None:
     a, rw = pg_locks.lock("many-a"), pg_locks.rwlock("many-b")
     with anyio.fail_after(5):
-        await pg_locks._acquire_many([(a, False), (rw.reader, True)])
+        await pg_locks._acquire_batch([(a, False), (rw.reader, True)])
         assert a.locked() and rw.reader.locked()
         assert a.fencing_token > 0
         with pytest.raises(anyio.WouldBlock):
             other.lock("many-a").acquire_nowait()
-        pg_locks._release_many([(a, False), (rw.reader, True)])
+        rw.reader.release()
+        a.release()
         assert not a.locked() and not rw.reader.locked()
 
         await other.rwlock("many-b").writer.acquire()
         with anyio.move_on_after(0.2):
-            await pg_locks._acquire_many([(a, False), (rw.reader, True)])
+            await pg_locks._acquire_batch([(a, False), (rw.reader, True)])
         assert not a.locked()
         # nothing was kept on the server: the other process gets 'many-a' at once
         other.lock("many-a").acquire_nowait()

@@ -34,7 +34,7 @@ import socket
 import sys
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from types import TracebackType
@@ -58,7 +58,7 @@ from .._backend import (
 from .._common import held_checkpoint, no_sync_with
 from .._exceptions import DeadlockError, LockLostError
 from .._lock import Lock
-from .._rwlock import RWLockStatistics
+from .._types import RWLockStatistics
 from ._session import Pending, ServerError, Session, SessionLost
 
 __all__ = [
@@ -1431,7 +1431,7 @@ class PostgresLocks:
 
     # -- many at once (LockCollection) ------------------------------------------------------------
 
-    async def _acquire_many(self, items: list[tuple[_View, bool]]) -> None:
+    async def _acquire_batch(self, items: Sequence[tuple[_View, bool]]) -> None:
         """Take every ``(view, shared)`` in one statement, in ascending key order; all or none.
 
         Members the task already holds are re-entered client-side (with the usual rules,
@@ -1538,17 +1538,6 @@ class PostgresLocks:
                 raise
             raise translated from exc
         return tokens
-
-    def _release_many(self, items: list[tuple[_View, bool]]) -> None:
-        """Release every ``(view, shared)`` (in reverse order); a lost one raises at the end."""
-        error: BaseException | None = None
-        for view, shared in reversed(items):
-            try:
-                self._release(view, S if shared else X)
-            except LockLostError as exc:
-                error = error or exc
-        if error is not None:
-            raise error
 
     # -- inspection -------------------------------------------------------------------------------
 
