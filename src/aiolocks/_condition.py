@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, TypeVar, final
+from typing import Any, Protocol, TypeVar, final
 
 import anyio
 from anyio import BrokenResourceError
@@ -20,9 +20,53 @@ __all__ = ["Condition", "ConditionStatistics"]
 
 T = TypeVar("T")
 
-# What the condition's lock is; it decides how wait() lets go of it and takes it back.
-_LOCK, _WRITER, _READER, _ANYIO = range(4)
-_KINDS = ((Lock, _LOCK), (WriteLock, _WRITER), (ReadLock, _READER), (anyio.Lock, _ANYIO))
+
+class _Port(Protocol):
+    """What a condition needs from its lock: the *condition port*.  :class:`~aiolocks.Lock`,
+    ``rw.writer`` and ``rw.reader`` implement it next to their own state; an
+    :class:`anyio.Lock` gets :class:`_AnyioPort`."""
+
+    _cv_mode: str  # how a sleeper shows in diagnostics: "exclusive", "write" or "read"
+
+    def _cv_holds(self, task: Any, waiting: bool = False) -> bool:
+        """Does ``task`` hold the lock (``waiting``: in a way ``wait()`` can let go of)?"""
+
+    def _cv_release(self, task: Any) -> int:
+        """Release every level ``task`` holds and return how many (refuse, changing nothing,
+        a hold that wait() could not restore)."""
+
+    def _cv_restore(self, task: Any, levels: int) -> None:
+        """``task`` holds one level again: give it back ``levels`` in all."""
+
+    def _cv_repark(self, waiter: Waiter) -> bool:
+        """Move a notified sleeper into the lock's own queue (it wakes up holding the lock);
+        False if the lock has none (the sleeper is then woken to take the lock back)."""
+
+
+@final
+class _AnyioPort:
+    """The condition port over an :class:`anyio.Lock` (one level, no queue to join)."""
+
+    __slots__ = ("_lock",)
+
+    _cv_mode = "exclusive"
+
+    def __init__(self, lock: anyio.Lock) -> None:
+        self._lock = lock
+
+    def _cv_holds(self, task: Any, waiting: bool = False) -> bool:
+        owner = self._lock.statistics().owner
+        return owner is not None and owner.id == id(task)
+
+    def _cv_release(self, task: Any) -> int:
+        self._lock.release()
+        return 1
+
+    def _cv_restore(self, task: Any, levels: int) -> None:
+        pass
+
+    def _cv_repark(self, waiter: Waiter) -> bool:
+        return False
 
 
 @final
@@ -64,7 +108,7 @@ class Condition:
     # Invariants:
     #   every waiter in _q sleeps in wait() and has not been notified (home is the condition)
     #   a notified waiter is either reparked in the lock's queue (Lock, rw.writer) or granted
-    __slots__ = ("__weakref__", "_kind", "_lock", "_loop", "_q", "_registered", "_rw", "_tid")
+    __slots__ = ("__weakref__", "_host", "_lock", "_loop", "_port", "_q", "_registered", "_tid")
 
     def __init__(
         self,
@@ -74,17 +118,21 @@ class Condition:
     ) -> None:
         if lock is None:
             lock = Lock(name=name)  # its own lock is reported under the condition's name
-        kinds = [kind for cls, kind in _KINDS if isinstance(lock, cls)]
-        if not kinds:
+        port: _Port
+        if isinstance(lock, (Lock, WriteLock, ReadLock)):
+            port = lock
+        elif isinstance(lock, anyio.Lock):
+            port = _AnyioPort(lock)
+        else:
             raise TypeError(
                 "Condition needs an aiolocks.Lock, rw.writer, rw.reader or anyio.Lock, not "
                 f"{type(lock).__module__}.{type(lock).__qualname__}"
             )
-        kind = kinds[0]
         set_name(self, name)
-        self._lock: Any = lock  # Any: the hot paths reach into aiolocks' own locks
-        self._kind = kind
-        self._rw: Any = lock._rw if isinstance(lock, (WriteLock, ReadLock)) else None
+        self._lock: Any = lock
+        self._port = port
+        # the primitive whose breaking (a holder exited) wakes this condition's sleepers
+        self._host: object = lock._rw if isinstance(lock, (WriteLock, ReadLock)) else lock
         self._q = WaitQueue()
         self._loop: Any = None
         self._tid: Any = None
@@ -114,7 +162,7 @@ class Condition:
         if (
             exc_type is not None
             and issubclass(exc_type, BrokenResourceError)
-            and not self._holds(self._me())
+            and not self._port._cv_holds(self._me())
         ):
             return READY  # wait() raised it without the lock: there is nothing to release
         return self._lock.__aexit__(exc_type, exc, tb)  # type: ignore[no-any-return]
@@ -158,33 +206,23 @@ class Condition:
             anyio.BrokenResourceError: the lock broke (a task exited holding it) while this
                 task waited; it then does not hold the lock.
         """
-        task = task_of(self._loop)
-        if task is None or self._tid != thread_mark():
-            task = resolve_task(self)
-        lock = self._lock
-        plain = self._kind == _LOCK and lock._owner is task  # the common case, decided inline
-        if plain:
-            levels = 1
-        elif self._holds(task, waiting=True):
-            levels = self._levels(task)  # refuses (raises) before anything changes
-        else:
+        task = self._me()
+        port = self._port
+        if not port._cv_holds(task, waiting=True):
             raise RuntimeError(f"wait() on {self!r} by {who(task)}, which does not hold its lock")
         if not self._registered:
-            add_sleeper(self._rw if self._rw is not None else lock, self)
+            add_sleeper(self._host, self)
             self._registered = True
+        levels = port._cv_release(task)  # refuses (raises) before anything changes
         waiter = new_waiter(self._loop, self, task, 0, 0)
         self._q.append(waiter)
-        if plain:
-            lock._release()
-        else:
-            self._release_all(task)
         try:
             await waiter
         except BaseException as exc:
             # Notified (reparked into the lock's queue, or granted) but leaving: pass it on.
             notified = waiter.home is not self or waiter.state == GRANTED
             waiter.abandon()
-            if isinstance(exc, BrokenResourceError) and not self._holds(task):
+            if isinstance(exc, BrokenResourceError) and not port._cv_holds(task):
                 raise
             if notified:
                 self._notify(1)
@@ -197,8 +235,8 @@ class Condition:
                 # Cancelled while taking the lock back: the notification was never acted on.
                 self._notify(1)
                 raise
-        elif levels > 1:  # reparked: woke up holding one write level
-            self._restore(task, levels)
+        else:  # reparked: woke up holding one level
+            port._cv_restore(task, levels)
 
     async def wait_for(self, predicate: Callable[[], T]) -> T:
         """Wait until ``predicate()`` is true; return its (truthy) value.
@@ -229,10 +267,8 @@ class Condition:
             raise TypeError(f"notify(n): n must be an int, not {type(n).__name__}")
         if n < 0:
             raise ValueError(f"notify(n): n must be >= 0, not {n}")
-        task = task_of(self._loop)
-        if task is None or self._tid != thread_mark():
-            task = resolve_task(self)
-        if not (self._kind == _LOCK and self._lock._owner is task) and not self._holds(task):
+        task = self._me()
+        if not self._port._cv_holds(task):
             raise RuntimeError(f"notify() on {self!r} by {who(task)}, which does not hold its lock")
         self._notify(n)
 
@@ -245,17 +281,13 @@ class Condition:
         self.notify(len(self._q))
 
     def _notify(self, n: int) -> None:
-        q, kind = self._q, self._kind
+        q, repark = self._q, self._port._cv_repark
         while n > 0:
             waiter = q.popleft()
             if waiter is None:
                 return
             # popleft() skips waiters Task.cancel() got to first: each one here can be woken
-            if kind == _LOCK:
-                self._lock._repark(waiter)
-            elif kind == _WRITER:
-                self._rw._repark_writer(waiter)
-            else:
+            if not repark(waiter):
                 waiter.grant()
             n -= 1
 
@@ -268,7 +300,7 @@ class Condition:
         pass  # a notification, not a hold: wait() passes it on
 
     def _lock_broken(self, write_held: bool) -> None:
-        if self._kind == _READER and not write_held:
+        if self._port._cv_mode == "read" and not write_held:
             return  # a dead reader does not stop readers
         message = f"{self!r}: its lock broke (a task exited holding it)"
         for waiter in self._q.take_all():
@@ -296,71 +328,10 @@ class Condition:
         return [(w, self._debug_mode(w)) for w in self._q]
 
     def _debug_mode(self, waiter: Waiter) -> str:
-        kind = self._kind
-        return "read" if kind == _READER else "write" if kind == _WRITER else "exclusive"
+        return self._port._cv_mode
 
     def _debug_blockers(self, task: Any, mode: str, waiter: Waiter | None = None) -> list[Any]:
         return []  # a sleeper waits for a notify(), which no lock state predicts
-
-    def _holds(self, task: Any, waiting: bool = False) -> bool:
-        kind = self._kind
-        if kind == _LOCK:
-            return self._lock._owner is task
-        if kind == _WRITER:
-            return self._rw._writer is task
-        if kind == _READER:
-            # A writer excludes every reader, so it may notify readers; waiting needs a plain
-            # read hold, which is what wait() lets go of.
-            readers = self._rw._readers
-            if readers and task in readers:
-                return True
-            return not waiting and self._rw._writer is task
-        owner = self._lock.statistics().owner
-        return owner is not None and owner.id == id(task)
-
-    def _levels(self, task: Any) -> int:
-        """How many levels ``task`` holds (refusing holds wait() cannot give back)."""
-        if self._kind == _WRITER:
-            s = self._rw._slow
-            if s is None:
-                return 1
-            if s.upgraded:
-                raise RuntimeError(
-                    f"wait() on {self!r}: the write hold came from upgrade(); wait on a "
-                    "condition over rw.writer with a plain write hold"
-                )
-            if s.writer_reads:
-                raise RuntimeError(
-                    f"wait() on {self!r}: this task holds read levels on top of its write "
-                    "hold; release them before waiting"
-                )
-            return 1 + s.extra_write_levels  # type: ignore[no-any-return]
-        if self._kind == _READER:
-            return self._rw._readers[task]  # type: ignore[no-any-return]
-        return 1
-
-    def _release_all(self, task: Any) -> None:
-        kind = self._kind
-        if kind == _LOCK:
-            self._lock._release()
-        elif kind == _WRITER:
-            rw = self._rw
-            if rw._slow is not None:
-                rw._slow.extra_write_levels = 0
-            rw._release_write(task)
-        elif kind == _READER:
-            rw = self._rw
-            rw._readers[task] = 1
-            rw._release_read(task, keep_mark=True)
-        else:
-            self._lock.release()
-
-    def _restore(self, task: Any, levels: int) -> None:
-        if levels > 1:
-            if self._kind == _WRITER:
-                self._rw._state().extra_write_levels = levels - 1
-            elif self._kind == _READER:
-                self._rw._readers[task] = levels
 
     async def _retake(self, task: Any, levels: int) -> None:
         """Take the lock back, shielded from cancellation; re-raise a native cancel after."""
@@ -372,7 +343,7 @@ class Condition:
                     break
                 except anyio.get_cancelled_exc_class() as exc:  # a native Task.cancel()
                     cancelled = exc
-        self._restore(task, levels)
+        self._port._cv_restore(task, levels)
         if cancelled is not None:
             raise cancelled
 

@@ -240,20 +240,35 @@ class Lock:
         if self._owner is waiter.task:
             self._release()
 
-    def _repark(self, waiter: Waiter) -> None:
+    # -- the condition port (see _condition.py) ---------------------------------------------
+
+    _cv_mode = "exclusive"
+
+    def _cv_holds(self, task: Any, waiting: bool = False) -> bool:
+        return self._owner is task
+
+    def _cv_release(self, task: Any) -> int:
+        self._release()
+        return 1
+
+    def _cv_restore(self, task: Any, levels: int) -> None:
+        pass
+
+    def _cv_repark(self, waiter: Waiter) -> bool:
         """Queue a waiter that already sleeps (a notified Condition waiter, never a lost one):
         it wakes up holding the lock."""
         waiter.home = self
         if self._owner is None:  # a cancelled wait() just passed its notification on
             self._owner = waiter.task
             waiter.grant()
-            return
+            return True
         q = self._q
         if q is None:
             q = self._q = _new_queue()
         if q.watch_token is None and not q.broken:
             self._watch_owner(q)
         q.append(waiter)
+        return True
 
     # -- an owner that exits holding the lock -----------------------------------------------
 

@@ -706,7 +706,7 @@ class RWLock:
         else:
             self._downgrade(task)  # a cancelled upgrade() keeps the upgradable hold
 
-    def _repark_writer(self, waiter: Waiter) -> None:
+    def _repark_writer(self, waiter: Waiter) -> bool:
         """Queue a sleeping waiter for the write lock (a notified Condition waiter, never a
         lost one): it wakes up holding it."""
         s = self._state()
@@ -720,6 +720,7 @@ class RWLock:
             self._maybe_idle(s)
         else:
             self._watch_holders(s)
+        return True
 
     # -- holders that exit holding the lock -----------------------------------------------------
 
@@ -1036,6 +1037,34 @@ class ReadLock(_View):
         """The whole lock's :class:`RWLockStatistics`."""
         return self._rw.statistics()
 
+    # -- the condition port (see _condition.py): a reader waits by letting go of its read
+    # hold, as Go's sync.NewCond(rw.RLocker()); a writer excludes readers, so it may notify
+
+    _cv_mode = "read"
+
+    def _cv_holds(self, task: Any, waiting: bool = False) -> bool:
+        rw = self._rw
+        if rw._readers and task in rw._readers:
+            return True
+        return not waiting and rw._writer is task
+
+    def _cv_release(self, task: Any) -> int:
+        rw = self._rw
+        readers = rw._readers
+        assert readers is not None  # _cv_holds(task, waiting=True) said so
+        levels = readers[task]
+        readers[task] = 1
+        rw._release_read(task, keep_mark=True)
+        return levels
+
+    def _cv_restore(self, task: Any, levels: int) -> None:
+        readers = self._rw._readers
+        if levels > 1 and readers is not None:
+            readers[task] = levels
+
+    def _cv_repark(self, waiter: Waiter) -> bool:
+        return False  # no queue to join: a woken reader takes its read hold back itself
+
 
 @final
 class WriteLock(_View):
@@ -1187,6 +1216,39 @@ class WriteLock(_View):
         s = rw._slow
         waiting = 0 if s is None else len(s.write_queue) + (s.upgrading is not None)
         return LockStatistics(rw._writer is not None, task_info(rw._writer), waiting)
+
+    # -- the condition port (see _condition.py) -------------------------------------------
+
+    _cv_mode = "write"
+
+    def _cv_holds(self, task: Any, waiting: bool = False) -> bool:
+        return self._rw._writer is task
+
+    def _cv_release(self, task: Any) -> int:
+        rw, levels = self._rw, 1
+        s = rw._slow
+        if s is not None:
+            if s.upgraded:
+                raise RuntimeError(
+                    f"wait() on a condition over {self!r}: the write hold came from upgrade(); "
+                    "wait on a condition over rw.writer with a plain write hold"
+                )
+            if s.writer_reads:
+                raise RuntimeError(
+                    f"wait() on a condition over {self!r}: this task holds read levels on top "
+                    "of its write hold; release them before waiting"
+                )
+            levels += s.extra_write_levels
+            s.extra_write_levels = 0
+        rw._release_write(task)
+        return levels
+
+    def _cv_restore(self, task: Any, levels: int) -> None:
+        if levels > 1:
+            self._rw._state().extra_write_levels = levels - 1
+
+    def _cv_repark(self, waiter: Waiter) -> bool:
+        return self._rw._repark_writer(waiter)
 
 
 @final

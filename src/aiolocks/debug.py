@@ -550,7 +550,7 @@ def _cond_waiting(orig: Callable[..., Any], mode: str) -> Callable[..., Any]:
         if st is None:
             await orig(self)
             return
-        prim = self._rw if self._rw is not None else self._lock
+        prim = self._host  # the primitive whose holds wait() lets go of
         task = current_task()
         held = st.held.get(task, [])
         saved = [h for h in held if h.prim is prim]
