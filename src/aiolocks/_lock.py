@@ -36,22 +36,6 @@ class _LockQueue(WaitQueue):
         self.watch_token: Any = None  # set while the owner is watched for exiting
 
 
-# Emptied queues are kept for reuse: a lock that goes back and forth between contended and
-# free (a condition's ping-pong) would otherwise build a new queue every time.
-_SPARE: list[_LockQueue] = []
-
-
-def _new_queue() -> _LockQueue:
-    return _SPARE.pop() if _SPARE else _LockQueue()
-
-
-def _drop_queue(q: _LockQueue) -> None:
-    if len(_SPARE) < 64:
-        q.clear()
-        q.watch_token = None
-        _SPARE.append(q)
-
-
 @final
 class Lock:
     """A mutual-exclusion lock for asyncio and trio tasks, FIFO and not re-entrant.
@@ -154,7 +138,7 @@ class Lock:
             raise DeadlockError(f"{self!r} is already held by this task (it is not re-entrant)")
         q = self._q
         if q is None:
-            q = self._q = _new_queue()
+            q = self._q = _LockQueue.new()
         if q.watch_token is None and not q.broken:
             self._watch_owner(q)  # may find the owner already gone and break the lock
         if q.broken:
@@ -222,7 +206,7 @@ class Lock:
             self._watch_owner(q)
         elif not q.broken:
             self._q = None
-            _drop_queue(q)
+            q.recycle()
 
     # -- the queue's callbacks ---------------------------------------------------------------
 
@@ -233,8 +217,9 @@ class Lock:
         if not q and not q.broken:
             if q.watch_token is not None:
                 unwatch(self._owner, q.watch_token)
+                q.watch_token = None
             self._q = None
-            _drop_queue(q)
+            q.recycle()
 
     def _grant_abandoned(self, waiter: Waiter) -> None:
         if self._owner is waiter.task:
@@ -264,7 +249,7 @@ class Lock:
             return True
         q = self._q
         if q is None:
-            q = self._q = _new_queue()
+            q = self._q = _LockQueue.new()
         if q.watch_token is None and not q.broken:
             self._watch_owner(q)
         q.append(waiter)

@@ -39,9 +39,12 @@ import sys
 import time
 from collections import OrderedDict
 from collections.abc import Generator
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 from ._backend import TRIO
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = [
     "GONE",
@@ -192,10 +195,33 @@ class WaitQueue(OrderedDict[Waiter, None]):
     drop it (``GONE``: its coroutine then finds nothing to undo) and go on to the next, so every
     waiter they return can be granted at once, and no primitive needs a retry loop.
 
+    Emptied queues can be kept for reuse (:meth:`new`, :meth:`recycle`): a primitive that goes
+    back and forth between contended and free (a condition's ping-pong) would otherwise build a
+    queue every time; each subclass keeps its own spares.
+
     Invariant: every waiter in the queue is ``WAITING``.
     """
 
     __slots__ = ()
+
+    _spare: ClassVar[list[Any]] = []
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._spare = []
+
+    @classmethod
+    def new(cls) -> Self:
+        """A queue of this class: a spare one if there is one."""
+        spare = cls._spare
+        return spare.pop() if spare else cls()
+
+    def recycle(self) -> None:
+        """Keep this emptied queue as a spare (up to 64 per class); a subclass's own fields
+        must be back at their initial values."""
+        spare = self._spare
+        if len(spare) < 64:
+            spare.append(self)
 
     def append(self, waiter: Waiter) -> None:
         self[waiter] = None
