@@ -553,6 +553,40 @@ async def test_server_restart_while_idle_then_new_acquisitions_reconnect(
                 pass
 
 
+async def test_a_waiter_waits_through_a_server_restart_and_gets_the_lock(
+    own_server: Any, anyio_backend: Any
+) -> None:
+    """The server restarts while a task waits for a lock another process holds: the holder
+    loses it, and the waiter, instead of failing at once, reconnects (retrying while the
+    server starts up) and gets it."""
+    from aiolocks.postgres import PostgresLocks
+
+    namespace = _namespace()
+    got = anyio.Event()
+    async with (
+        PostgresLocks(own_server.dsn, namespace=namespace) as pg,
+        PostgresLocks(own_server.dsn, namespace=namespace, cancel_on_loss=False) as holder,
+    ):
+        with anyio.fail_after(30):
+            await holder.lock("restart").acquire()
+
+            async def waiter() -> None:
+                async with pg.lock("restart"):
+                    got.set()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(waiter)
+                with psycopg.connect(own_server.dsn, autocommit=True) as conn:
+                    while not conn.execute(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                    ).fetchone()[0]:  # type: ignore[index]
+                        await anyio.sleep(0.01)
+                await anyio.to_thread.run_sync(own_server.restart)
+                await got.wait()
+            with pytest.raises(LockLostError):
+                holder.lock("restart").release()
+
+
 async def _hold_briefly(lock: Any) -> None:
     async with lock:
         await anyio.sleep(0.01)
