@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
+import types
 from _thread import get_ident
 from collections.abc import Callable
 from typing import Any
@@ -12,10 +14,30 @@ import anyio
 import pytest
 
 import aiolocks
-from aiolocks._backend import READY, task_of, thread_mark
+from aiolocks._backend import READY, TASK_OF_PATH, TRIO, _make_task_of, task_of, thread_mark
 
 
-def test_task_of_agrees_with_asyncio_current_task() -> None:
+class _Without:
+    """``asyncio.tasks`` as CPython 3.14 has it: ``current_task`` but no ``_current_tasks``."""
+
+    current_task = staticmethod(asyncio.current_task)
+
+
+# Every current-task path, each forced on every Python (3.14's cannot be had here): the one
+# this interpreter uses, and the documented public one.
+PATHS = {"this Python": task_of, "public (3.14+)": _make_task_of(tasks=_Without())[1]}
+
+
+def test_each_python_takes_its_current_task_path() -> None:
+    assert ("dict" if sys.version_info < (3, 14) else "public") == TASK_OF_PATH
+    assert _make_task_of(tasks=_Without())[0] == "public"
+    # a dict nobody reads is never trusted
+    fake = types.SimpleNamespace(current_task=lambda loop=None: None, _current_tasks={})
+    assert _make_task_of(tasks=fake)[0] == "public"
+
+
+@pytest.mark.parametrize("task_of", PATHS.values(), ids=PATHS.keys())
+def test_task_of_agrees_with_asyncio_current_task(task_of: Callable[[Any], Any]) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         assert task_of(loop) is asyncio.current_task()
@@ -29,13 +51,16 @@ def test_task_of_agrees_with_asyncio_current_task() -> None:
     asyncio.run(main())
 
 
-def test_task_of_is_none_outside_a_running_task() -> None:
+@pytest.mark.parametrize("task_of", PATHS.values(), ids=PATHS.keys())
+def test_task_of_is_none_outside_a_running_task(task_of: Callable[[Any], Any]) -> None:
     loop = asyncio.new_event_loop()
     try:
         assert task_of(loop) is None
         assert task_of(None) is None
+        assert task_of(TRIO) is None
     finally:
         loop.close()
+    assert task_of(loop) is None  # closed
 
 
 # Both ways of telling the loop's thread apart, whichever this Python uses (thread_mark): each

@@ -2,7 +2,8 @@
 
 Everything here exists because a benchmark showed it matters on the hot path:
 
-* ``task_of(loop)`` finds the running asyncio task with one dict lookup.  On CPython 3.11
+* ``task_of(loop)`` finds the running asyncio task with one dict lookup up to CPython 3.13, and
+  through ``asyncio.current_task(loop)`` from 3.14 (see :func:`_make_task_of`).  On CPython 3.11
   ``asyncio.current_task()`` and ``asyncio.get_running_loop()`` cost a ``getpid()`` system call
   each, more than a whole ``asyncio.Lock`` cycle.  Each primitive remembers the loop it was last
   used from (its ``_loop`` slot); a miss (``None``) sends the caller to :func:`resolve_task`,
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "LIVE",
     "READY",
+    "TASK_OF_PATH",
     "TRIO",
     "Bindable",
     "asyncio_schedule_point",
@@ -59,27 +61,53 @@ class _TrioMarker:
 TRIO: Any = _TrioMarker()
 
 
-def _make_task_of() -> Callable[[Any], Any]:
-    current_tasks = getattr(asyncio.tasks, "_current_tasks", None)
-    official = getattr(asyncio.current_task, "__code__", None)
-    # Use the dict only where asyncio.current_task() itself is the function that reads it
-    # (CPython 3.9 to 3.13): then both answer the same, by construction.
-    if isinstance(current_tasks, dict) and "_current_tasks" in getattr(official, "co_names", ()):
-        return cast("Callable[[Any], Any]", current_tasks.get)
+def _public_task_of(current_task: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``task_of`` through the documented API: ``asyncio.current_task(loop)``.
 
-    def task_of(loop: Any) -> Any:  # pragma: no cover - only where the fast path is unavailable
+    CPython 3.14 keeps the running task in the thread state, and ``current_task(loop)`` for the
+    running loop reads it there: this is the fast path there.  (For another loop it searches
+    every thread, so an unbound or trio-bound primitive must not get that far.)
+    """
+
+    def task_of(loop: Any) -> Any:
         if loop is None or loop is TRIO:
             return None
         try:
-            return asyncio.current_task(loop)
-        except RuntimeError:
+            return current_task(loop)
+        except RuntimeError:  # a closed loop
             return None
 
     return task_of
 
 
+def _make_task_of(tasks: Any = asyncio.tasks) -> tuple[str, Callable[[Any], Any]]:
+    """Choose how ``task_of`` finds the running task on this interpreter: ``(path, task_of)``.
+
+    * ``"dict"``: ``.get`` of the dict that ``asyncio.current_task()`` itself reads (loop ->
+      running task), one C call, correct by construction.  That dict is
+      ``asyncio.tasks._current_tasks``, read by the Python ``current_task`` up to 3.11 and by
+      the C one (``_asyncio``) in 3.12 and 3.13.
+    * ``"public"``: ``asyncio.current_task(loop)`` (3.14 and later, where the dict is gone).
+    """
+    official = tasks.current_task
+    current_tasks = getattr(tasks, "_current_tasks", None)
+    c_asyncio = sys.modules.get("_asyncio")
+    if isinstance(current_tasks, dict):
+        code = getattr(official, "__code__", None)
+        python_reads_it = code is not None and "_current_tasks" in code.co_names
+        c_reads_it = (
+            c_asyncio is not None
+            and official is getattr(c_asyncio, "current_task", None)
+            and getattr(c_asyncio, "_current_tasks", None) is current_tasks
+        )
+        if python_reads_it or c_reads_it:
+            return "dict", cast("Callable[[Any], Any]", current_tasks.get)
+    return "public", _public_task_of(official)
+
+
+#: Which lookup this interpreter uses (``"dict"`` or ``"public"``; see :func:`_make_task_of`).
 #: ``task_of(loop)`` -> the task running on ``loop`` right now, or None.
-task_of: Callable[[Any], Any] = _make_task_of()
+TASK_OF_PATH, task_of = _make_task_of()
 
 
 def _make_thread_mark() -> Callable[[], Any]:
