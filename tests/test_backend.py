@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import sys
 import threading
 import types
@@ -83,10 +84,19 @@ def test_thread_mark_tells_the_loops_thread_apart(mark: Callable[[], Any]) -> No
 
 
 def test_ready_completes_without_yielding() -> None:
-    it = READY.__await__()
+    async def twice() -> list[None]:
+        return [await READY, await READY]  # one shared object, awaited again and again
+
+    coro = twice()
     with pytest.raises(StopIteration) as done:
-        next(it)
-    assert done.value.value is None
+        coro.send(None)  # no yield to the event loop
+    assert done.value.value == [None, None]
+    assert inspect.isawaitable(READY)
+
+    async def wrapped() -> None:  # asyncio can also wrap it in a task (wait_for, gather)
+        await asyncio.gather(asyncio.ensure_future(READY))
+
+    asyncio.run(wrapped())
 
 
 def _pure_python_tasks(loop: asyncio.AbstractEventLoop, coro: Any) -> Any:

@@ -9,7 +9,8 @@ Everything here exists because a benchmark showed it matters on the hot path:
   used from (its ``_loop`` slot); a miss (``None``) sends the caller to :func:`resolve_task`,
   which finds the task the official way, on asyncio or trio, and rebinds the primitive.
 * ``READY`` is an awaitable that completes at once without allocating a coroutine, so that
-  ``__aenter__``/``__aexit__`` can be plain methods on the uncontended path.
+  ``__aenter__``/``__aexit__`` can be plain methods on the uncontended path (see
+  :func:`_make_ready`).
 * ``asyncio_schedule_point`` is a bare ``yield`` to the asyncio task: a schedule point and a
   cancel point (native ``Task.cancel()`` and anyio cancel scopes both deliver there) for a
   fraction of the cost of ``anyio.lowlevel.checkpoint()``.
@@ -249,27 +250,36 @@ class _Ready:
         return iter(())
 
 
-class _NoLoop:
-    """Just enough of an event loop to make a completed ``asyncio.Future``."""
-
-    __slots__ = ()
-
-    def get_debug(self) -> bool:
-        return False
+@types.coroutine
+def _finished() -> Generator[None, None, None]:
+    return
+    yield  # a generator: awaiting it once finished completes at once
 
 
 def _make_ready() -> Awaitable[None]:
-    # A completed C future is the cheapest awaitable CPython has (it never yields and never
-    # touches its loop once done); it is shared by every task on every loop and by trio.
+    # A finished generator-based coroutine: awaiting it sends into a generator that has
+    # returned, which raises StopIteration at once (only a *native* coroutine refuses reuse),
+    # allocates nothing, and can be shared by every task on every loop, and by trio.  Per
+    # await (measured): 31 ns on 3.11, 42 ns on 3.12 and 40 ns on 3.13, against 39 / 101 / 97
+    # ns for the completed C future used before (awaiting a future got slower in 3.12).
+    ready = _finished()
     try:
-        fut: asyncio.Future[None] = asyncio.Future(loop=cast("Any", _NoLoop()))
-        fut.set_result(None)
-        it = fut.__await__()
-        next(it)
+        ready.send(None)
     except StopIteration:
-        return fut
-    except Exception:  # pragma: no cover - exotic asyncio implementation
         pass
+
+    async def probe() -> None:
+        await ready
+        await ready
+
+    coro = probe()
+    try:
+        coro.send(None)
+    except StopIteration:
+        return ready
+    except Exception:  # pragma: no cover - an interpreter that refuses it (not CPython)
+        pass
+    coro.close()  # pragma: no cover
     return cast("Awaitable[None]", _Ready())  # pragma: no cover
 
 
