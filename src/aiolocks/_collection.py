@@ -63,11 +63,7 @@ class _Member:
         if not callable(getattr(lock, "acquire", None)) or not callable(
             getattr(lock, "release", None)
         ):
-            raise TypeError(
-                "LockCollection members must be aiolocks.Lock, rw.reader, rw.writer, or an "
-                f"anyio, trio or asyncio Lock, not {type(lock).__module__}."
-                f"{type(lock).__qualname__}"
-            )
+            raise _not_a_member(lock)
         self.acquire = lock.acquire
         self.release = lock.release
         if isinstance(lock, RemoteMember):
@@ -79,24 +75,30 @@ class _Member:
         if isinstance(lock, (ReadLock, WriteLock)):
             self.ident = lock._rw
             self.shared = isinstance(lock, ReadLock)
-            self.acquire_nowait = lock.acquire_nowait
-        elif isinstance(lock, (UpgradableLock, Condition)):
-            raise TypeError(
-                f"LockCollection cannot take {type(lock).__name__} objects: use rw.reader / "
-                "rw.writer, or the condition's lock"
-            )
-        elif isinstance(lock, (Lock, anyio.Lock)):
-            self.acquire_nowait = lock.acquire_nowait
-        elif _is_trio_lock(lock):
-            self.acquire_nowait = lambda: _trio_lock_nowait(lock)
-        elif isinstance(lock, asyncio.Lock):
-            self.acquire_nowait = lambda: _asyncio_lock_nowait(lock)
-        else:
-            raise TypeError(
-                "LockCollection members must be aiolocks.Lock, rw.reader, rw.writer, or an "
-                f"anyio, trio or asyncio Lock, not {type(lock).__module__}."
-                f"{type(lock).__qualname__}"
-            )
+        self.acquire_nowait = _nowait_of(lock)
+
+
+def _not_a_member(lock: object) -> TypeError:
+    return TypeError(
+        "LockCollection members must be aiolocks.Lock, rw.reader, rw.writer, or an anyio, "
+        f"trio or asyncio Lock, not {type(lock).__module__}.{type(lock).__qualname__}"
+    )
+
+
+def _nowait_of(lock: Any) -> Callable[[], Any]:
+    """How to try ``lock`` without waiting, for each kind of lock a collection takes."""
+    if isinstance(lock, (UpgradableLock, Condition)):
+        raise TypeError(
+            f"LockCollection cannot take {type(lock).__name__} objects: use rw.reader / "
+            "rw.writer, or the condition's lock"
+        )
+    if isinstance(lock, (ReadLock, WriteLock, Lock, anyio.Lock)):
+        return lock.acquire_nowait
+    if _is_trio_lock(lock):
+        return lambda: _trio_lock_nowait(lock)
+    if isinstance(lock, asyncio.Lock):
+        return lambda: _asyncio_lock_nowait(lock)
+    raise _not_a_member(lock)
 
 
 def _is_trio_lock(lock: object) -> bool:

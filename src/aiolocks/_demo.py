@@ -94,6 +94,11 @@ async def outcome(scenario: Callable[[], Awaitable[None]]) -> str:
 
 
 async def without_and_with() -> None:
+    await nested_read_while_a_writer_waits()
+    await opposite_lock_orders()
+
+
+async def nested_read_while_a_writer_waits() -> None:
     print("1. A nested read while a writer waits")
 
     def nested_read(read: Lockish, write: Lockish) -> Callable[[], Awaitable[None]]:
@@ -124,6 +129,8 @@ async def without_and_with() -> None:
         "waits for the other. aiolocks lets a task that already reads read again."
     )
 
+
+async def opposite_lock_orders() -> None:
     print("\n2. Two tasks take the same two locks in opposite orders")
     alice, bob = anyio.Lock(), anyio.Lock()
 

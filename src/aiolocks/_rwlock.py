@@ -520,18 +520,23 @@ class RWLock:
                 self._dispatch(s, False)
             self._maybe_idle(s)
 
+    def _release_downgraded(self, task: Any) -> bool:
+        """writer.downgrade() turned ``task``'s write hold into a read hold: releasing the
+        write hold (leaving ``async with rw.writer``) releases what it became."""
+        s = self._slow
+        if s is None or task not in s.downgraded:
+            return False
+        s.downgraded.discard(task)
+        self._release_read(task)
+        if self._slow is s:
+            self._maybe_idle(s)
+        return True
+
     def _release_write(self, task: Any, *, whole_upgrade: bool = False) -> None:
         if self._writer is not task:
-            s = self._slow
-            if s is not None and task in s.downgraded:
-                # writer.downgrade() turned this write hold into a read hold: releasing the
-                # write hold (leaving ``async with rw.writer``) releases what it became.
-                s.downgraded.discard(task)
-                self._release_read(task)
-                if self._slow is s:
-                    self._maybe_idle(s)
-                return
-            raise not_holding("writer.release()", self, task, (self._writer,))
+            if not self._release_downgraded(task):
+                raise not_holding("writer.release()", self, task, (self._writer,))
+            return
         s = self._slow
         if s is None:
             self._writer = None
@@ -859,8 +864,10 @@ class RWLock:
         else:
             assert self._version % 2 == 0, "version odd while not write-held"
         s = self._slow
-        if s is None:
-            return
+        if s is not None:
+            self._check_queues(s, writer, readers)
+
+    def _check_queues(self, s: _RWState, writer: Any, readers: dict[Any, int]) -> None:
         for q in (s.read_queue, s.write_queue):
             assert all(w.state == WAITING and w.home is self for w in q), "a stale waiter queued"
         assert all(w.mode == READ for w in s.read_queue)
@@ -890,16 +897,19 @@ class RWLock:
                 elif head is not None:
                     assert s.upgrader is not None, "an upgradable request waits for no reason"
         if not s.broken:
-            # Every holder that some waiter waits for is watched (a holder that exits breaks the
-            # lock instead of stranding them).  Readers admitted next to queued upgradable
-            # requests block nobody yet; a later waiter that needs them gone watches them.
-            blocking: set[Any] = set()
-            if s.read_queue or s.write_queue:
-                blocking.update(t for t in (writer, s.upgrader) if t is not None)
-            if s.write_queue.writers or s.upgrading is not None:
-                blocking.update(readers)
-            missing = blocking - set(s.watched)
-            assert not missing, f"holders not watched while tasks wait for them: {missing}"
+            self._check_watched(s, writer, readers)
+
+    def _check_watched(self, s: _RWState, writer: Any, readers: dict[Any, int]) -> None:
+        # Every holder that some waiter waits for is watched (a holder that exits breaks the
+        # lock instead of stranding them).  Readers admitted next to queued upgradable
+        # requests block nobody yet; a later waiter that needs them gone watches them.
+        blocking: set[Any] = set()
+        if s.read_queue or s.write_queue:
+            blocking.update(t for t in (writer, s.upgrader) if t is not None)
+        if s.write_queue.writers or s.upgrading is not None:
+            blocking.update(readers)
+        missing = blocking - set(s.watched)
+        assert not missing, f"holders not watched while tasks wait for them: {missing}"
 
 
 class _View:
