@@ -1010,10 +1010,11 @@ class ReadLock(_View):
         readers = rw._readers
         if rw._slow is None and readers:  # no thread check: as in WriteLock.__aexit__
             task = task_of(rw._loop)
-            n = readers.get(task, 0)
+            n = readers.pop(task, 0)  # one dict operation for the common case (one level)
             if n == 1:
-                del readers[task]
                 return READY
+            if n:
+                readers[task] = n  # back as it was: release() takes one level off
         self.release()
         return READY
 
