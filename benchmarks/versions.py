@@ -408,16 +408,18 @@ def _demoted(markdown: str) -> str:
     return "\n".join(lines).strip()
 
 
-def meta_of(runs: list[Run], args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+def meta_of(
+    runs: list[Run], args: argparse.Namespace, argv: list[str], started: datetime.datetime
+) -> dict[str, Any]:
     first = next((r.report["meta"] for r in runs if r.report), None)
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": started.strftime("%Y-%m-%d %H:%M UTC"),
         "command": shlex.join(["python3", "benchmarks/versions.py", *argv]),
         "quick": args.quick,
         "platform": first["platform"] if first else platform.platform(),
         "cpus": first["cpus"] if first else os.cpu_count(),
         "cpu_model": first["cpu_model"] if first else "",
-        "aiolocks_commit": _git_commit(),
+        "aiolocks_commit": args.commit,
     }
 
 
@@ -502,6 +504,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_venv and not args.python:
         parser.error("--no-venv needs --python")
 
+    started = datetime.datetime.now(datetime.timezone.utc)
+    args.commit = _git_commit()  # before the runs: the tree may change while they run
     runs = resolve(args.python)
     for run in runs:
         if run.status == "not found":
@@ -522,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[{run.label}] {run.status}: {run.error}", flush=True)
 
     rows = summary(runs)
-    meta = meta_of(runs, args, argv)
+    meta = meta_of(runs, args, argv, started)
     print()
     print(_text_table(runs_table(runs, markdown=False)))
     if rows:
