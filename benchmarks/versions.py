@@ -312,7 +312,7 @@ def summary(runs: list[Run]) -> list[dict[str, Any]]:
                 },
             )
             row["by_python"][run.label] = {
-                k: c[k] for k in ("ratio", "value", "unit", "status", "target")
+                k: c[k] for k in ("ratio", "value", "unit", "status", "target", "limit")
             }
     # the metric is named only where one candidate has several targets in one scenario
     metrics = collections.Counter((r["name"], r["backend"], r["candidate"]) for r in rows.values())
@@ -326,9 +326,14 @@ def _cell(row: dict[str, Any], label: str, markdown: bool) -> str:
     got = row["by_python"].get(label)
     if got is None:
         return "not run"
-    number = (
-        f"{got['ratio']:.2f} x" if got["ratio"] is not None else _fmt(got["value"], got["unit"])
-    )
+    ratio, limit = got["ratio"], got["limit"]
+    if ratio is None:
+        number = _fmt(got["value"], got["unit"])
+    else:  # 1.103 x misses 1.1 x: "1.10 x MISS" would not say why
+        digits = next(
+            (d for d in (2, 3) if limit is None or f"{ratio:.{d}f}" != f"{limit:.{d}f}"), 4
+        )
+        number = f"{ratio:.{digits}f} x"
     status = "**MISS**" if markdown and got["status"] == "MISS" else got["status"]
     other = f" (target {got['target']})" if got["target"] != row["target"] else ""
     return f"{number} {status}{other}"
