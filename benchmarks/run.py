@@ -8,7 +8,7 @@ Usage::
 Every scenario measures its candidates interleaved, each sample in a fresh event loop, and
 reports per-op costs plus ratios against the peer named in the target, computed within this
 run (absolute times on a shared machine are noise; ratios of neighbouring samples are not).
-``--quick`` shrinks every scenario (a smoke test: about 15 s); the default run takes 3.5 to 6
+``--quick`` shrinks every scenario (a smoke test: about 15 s); the default run takes 2.5 to 6
 minutes on a 2-CPU machine.
 
 The JSON output is ``{"meta": ..., "results": [...], "checks": [...], "errors": [...]}``:

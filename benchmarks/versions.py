@@ -58,7 +58,7 @@ DEFAULT_VENVS = ROOT / ".bench-venvs"
 DEFAULT_MARKDOWN = ROOT / "benchmarks" / "results" / "versions.md"
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "versions.json"
 STAMP = ".aiolocks-bench"
-# A full run takes 3.5 to 6 minutes and a quick one under a minute; a run over these is stuck.
+# A full run takes 2.5 to 6 minutes and a quick one under a minute; a run over these is stuck.
 RUN_TIMEOUT = {True: 300.0, False: 1800.0}
 SETUP_TIMEOUT = 900.0
 JUDGED = ("PASS", "MISS", "n/a")
