@@ -8,7 +8,7 @@ Usage::
 Every scenario measures its candidates interleaved, each sample in a fresh event loop, and
 reports per-op costs plus ratios against the peer named in the target, computed within this
 run (absolute times on a shared machine are noise; ratios of neighbouring samples are not).
-``--quick`` shrinks every scenario (a smoke test: about 15 s); the default run takes 3.5 to 6
+``--quick`` shrinks every scenario (a smoke test: about 15 s); the default run takes 2.5 to 6
 minutes on a 2-CPU machine.
 
 The JSON output is ``{"meta": ..., "results": [...], "checks": [...], "errors": [...]}``:
@@ -16,9 +16,17 @@ The JSON output is ``{"meta": ..., "results": [...], "checks": [...], "errors": 
 ``value``, its ``unit`` and the raw ``samples``; ``checks`` holds the comparison rows shown in
 the table (``reference``, ``ratio``, ``target``, ``status`` = PASS / MISS / info / n/a).
 
+``meta`` records what the numbers were measured on: the interpreter (``implementation``,
+``python``, the full ``sys.version`` as ``python_full``, ``free_threaded`` for a free-threaded
+build and ``gil_enabled`` from ``sys._is_gil_enabled()``, None before 3.13), the machine
+(``platform``, ``machine``, ``cpu_model``, ``cpus``), the peers' versions and the load average.
+The text table and the Markdown output start with the same facts.
+
 ``--report DIR`` writes ``DIR/report.md`` and PNG plots (matplotlib, the ``bench`` extra): cost
 per operation against the number of tasks for each scaling series, and every ratio target as
 a bar chart (see ``report.py``). ``docs/benchmarks/`` holds one such report.
+
+``versions.py`` runs this script on every installed CPython and puts the runs side by side.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import json
 import os
 import platform
 import sys
+import sysconfig
 import time
 from pathlib import Path
 from typing import Any
@@ -101,14 +110,59 @@ def _notes(checks: list[Check]) -> str:
     return "; ".join(f"{b}: {', '.join(v)}" for b, v in by_backend.items() if v)
 
 
-def render_text(col: Collector) -> str:
+def interpreter_meta() -> dict[str, Any]:
+    """The interpreter and the machine the numbers are measured on (part of ``meta``)."""
+    is_gil_enabled = getattr(sys, "_is_gil_enabled", None)
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "python_full": " ".join(sys.version.split()),
+        "executable": sys.executable,
+        "free_threaded": bool(sysconfig.get_config_var("Py_GIL_DISABLED")),
+        "gil_enabled": is_gil_enabled() if is_gil_enabled is not None else None,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_model": _cpu_model(),
+        "cpus": os.cpu_count(),
+    }
+
+
+def interpreter_text(meta: dict[str, Any]) -> str:
+    """``CPython 3.13.0 (free-threaded build, GIL disabled)``: the column title of a run."""
+    free = meta["free_threaded"]
+    gil = meta["gil_enabled"] if meta["gil_enabled"] is not None else not free
+    build = "free-threaded build" if free else "default build"
+    return (
+        f"{meta['implementation']} {meta['python']} "
+        f"({build}, GIL {'enabled' if gil else 'disabled'})"
+    )
+
+
+def machine_text(meta: dict[str, Any], cpus: bool = True) -> str:
+    """``Linux-6.1-x86_64, 2 CPUs (AMD EPYC)``; without the count when ``cpus`` is false."""
+    model = meta["cpu_model"]
+    if not cpus:
+        return f"{meta['platform']}, {model}" if model else meta["platform"]
+    return f"{meta['platform']}, {meta['cpus']} CPUs" + (f" ({model})" if model else "")
+
+
+def header_lines(meta: dict[str, Any]) -> list[str]:
+    return [
+        f"Python:  {interpreter_text(meta)}",
+        f"         {meta['python_full']}",
+        f"machine: {machine_text(meta)}",
+    ]
+
+
+def render_text(col: Collector, meta: dict[str, Any] | None = None) -> str:
     rows = [_row(c) for c in col.checks]
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(COLUMNS)]
 
     def line(cells: list[str] | tuple[str, ...]) -> str:
         return "  ".join(cell.ljust(w) for cell, w in zip(cells, widths, strict=False)).rstrip()
 
-    out = [line(COLUMNS), line(["-" * w for w in widths])]
+    out = [*header_lines(meta), ""] if meta else []
+    out += [line(COLUMNS), line(["-" * w for w in widths])]
     for name, checks in _groups(col.checks).items():
         notes = _notes(checks)
         out.append(f"== {name}" + (f"  ({notes})" if notes else ""))
@@ -129,8 +183,8 @@ def markdown_header(meta: dict[str, Any]) -> str:
         [
             "# aiolocks benchmarks",
             "",
-            f"{meta['implementation']} {meta['python']}, {meta['platform']}; {versions}; "
-            f"{'quick' if meta['quick'] else 'full'} run of "
+            f"{interpreter_text(meta)}, `{meta['python_full']}`; {machine_text(meta, cpus=False)}; "
+            f"{versions}; {'quick' if meta['quick'] else 'full'} run of "
             f"{', '.join(meta['scenarios'])}, {meta['seconds']:.0f} s; {_load_text(meta)}.",
         ]
     )
@@ -207,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
 
         aiolocks.debug.enable()
     scenarios = [n for n, _ in SCENARIOS if not args.only or n in args.only]
+    machine = interpreter_meta()
+    print("\n".join(header_lines(machine)), flush=True)
     load_before = _loadavg()
     col = Collector()
     started = time.perf_counter()
@@ -225,10 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     load_after = _loadavg()
 
     meta = {
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
+        **machine,
         "anyio": anyio.__version__ if hasattr(anyio, "__version__") else _version("anyio"),
         "trio": trio.__version__,
         "aiolocks": _version("aiolocks"),
@@ -242,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_after": load_after,
     }
     print()
-    print(render_text(col))
+    print(render_text(col, meta))
     print(f"({seconds:.1f} s; {_load_text(meta)})")
     if args.json:
         data = {
@@ -275,6 +328,19 @@ def _load_text(meta: dict[str, Any]) -> str:
     if a is None or b is None:
         return f"{meta['cpus']} CPUs"
     return f"{meta['cpus']} CPUs, 1-min load average {a:.1f} before, {b:.1f} after"
+
+
+def _cpu_model() -> str:
+    """The CPU's marketing name where the OS tells it (Linux), else whatever platform knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Hardware", "cpu model"):
+                    return " ".join(value.split())
+    except OSError:
+        pass
+    return platform.processor()
 
 
 def _version(dist: str) -> str | None:
