@@ -42,8 +42,7 @@ from ._pool import SessionPool, session_settings
 from ._protocol import (
     RECOVERY_TIMEOUT,
     SQL_UNLOCK_ALL,
-    lock_many,
-    lock_one,
+    lock,
     server_behind,
     server_release,
     try_lock_blocking,
@@ -118,7 +117,8 @@ class LockEngine:
             raise anyio.ClosedResourceError(f"{self!r} is closed")
 
     def _session_idle(self) -> None:
-        self.watch.start(self._loop)  # it closes the session after idle_timeout
+        if not self.watch.running:
+            self.watch.start(self._loop)  # it closes the session after idle_timeout
 
     # -- sessions of tasks ------------------------------------------------------------------------
 
@@ -170,8 +170,7 @@ class LockEngine:
                 return self._bind(task, session)
             self.pool.checkin(session)  # pragma: no cover - the task cannot bind twice at once
         if ts.session is None or ts.session.closed:
-            if ts.session is not None:
-                self.pool.discard(ts.detach())
+            self.pool.discard(ts.detach())
             ts.waiting += 1  # while it waits for a new session, it must stay bound
             try:
                 ts.session = await self.pool.checkout()
@@ -195,65 +194,107 @@ class LockEngine:
 
     # -- acquiring --------------------------------------------------------------------------------
 
-    async def acquire(self, view: _View, mode: int) -> Any:
+    async def acquire(self, members: Sequence[tuple[_View, int]]) -> Any:
+        """Take every ``(view, mode)`` of ``members`` for the calling task, all or none, in one
+        statement; returns the task.  A single lock is a batch of one.
+
+        Members the task holds already are re-entered client-side (the re-entry rules are
+        checked before anything is taken).  Acquiring is a checkpoint: a cancellation at any
+        point leaves nothing held, on the server either.
+        """
         self.check_open()
         task = self.task()
-        key = view._key
         ts = self.ledger.tasks.get(task)
-        hold = ts.holds.get(key) if ts is not None else None
-        if hold is not None and (hold.x or hold.s):
-            assert ts is not None
-            self._reenter(ts, view, hold, mode)
-            hold.add(mode)
-            await held_checkpoint(self._loop, self._undo_level(view, mode), task)
+        wanted, again = self._request(ts, members)
+        if not wanted:
+            for hold, mode in again:
+                hold.add(mode)
+            await held_checkpoint(self._loop, partial(self._give_back, members), task)
             return task
         await anyio.lowlevel.checkpoint_if_cancelled()
-        self.ledger.check_room(1)
-        members = [(view, mode)]
-        infos = self.ledger.enter(members)
-        try:
-            async with self.ledger.gates(ts, members, infos):
-                ts = await self._session_for(ts, task)
-                ts.waiting += 1
-                try:
-                    try:
-                        token = await lock_one(ts, self.names, view, mode)
-                    except SessionLost:
-                        # The session died (its locks with it): a new acquisition reconnects
-                        # transparently, once.
-                        ts = await self._session_for(ts, task)
-                        token = await lock_one(ts, self.names, view, mode)
-                finally:
-                    ts.waiting -= 1
-        except BaseException:
-            if ts is not None:
-                self._maybe_unbind(ts)
-            raise
-        finally:
-            self.ledger.leave(members, infos)
-        self._record(ts, key, mode, token)
+        self.ledger.check_room(len(wanted))
+        await self._take(ts, task, wanted)
+        for hold, mode in again:
+            hold.add(mode)
         # The answer often arrives before the first wait: keep acquire() a schedule point.  A
-        # cancellation delivered there gives the lock back, and the unlock is awaited before
-        # the cancellation propagates: a cancelled acquire never leaves the lock held.
+        # cancellation delivered there gives the locks back, and the unlocks are awaited before
+        # the cancellation propagates: a cancelled acquire never leaves a lock held.
         try:
             await _schedule_point(self._loop)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                try:
-                    await self.release_and_wait(view, mode)
-                except LockLostError:
-                    pass
+                for view, mode in reversed(members):
+                    try:
+                        await self.release_and_wait(view, mode, task)
+                    except LockLostError:
+                        pass
             raise
         return task
 
-    def _undo_level(self, view: _View, mode: int) -> Any:
-        def undo(task: Any) -> None:  # cancelled at the checkpoint after a re-entrant grant
+    def _request(
+        self, ts: TaskState | None, members: Sequence[tuple[_View, int]]
+    ) -> tuple[Sequence[tuple[_View, int]], Sequence[tuple[Hold, int]]]:
+        """``members`` split into what to take from the server (ascending keys) and the levels
+        to add to holds of the task; raises (changing nothing) if a re-entry is refused."""
+        if ts is None and len(members) == 1:
+            return members, ()  # the common case: a task that holds nothing takes one lock
+        wanted: dict[int, tuple[_View, int]] = {}
+        again: list[tuple[Hold, int]] = []
+        for view, mode in members:
+            hold = ts.holds.get(view._key) if ts is not None else None
+            if hold is not None and (hold.x or hold.s):
+                assert ts is not None
+                self._reenter(ts, view, hold, mode)
+                again.append((hold, mode))
+            elif view._key in wanted:
+                raise ValueError(f"{view!r} appears twice")
+            else:
+                wanted[view._key] = (view, mode)
+        return [wanted[key] for key in sorted(wanted)], again
+
+    async def _take(
+        self, ts: TaskState | None, task: Any, wanted: Sequence[tuple[_View, int]]
+    ) -> None:
+        """Wait in the local gates, then on the server with the task's session; record the
+        holds."""
+        infos, gates = self.ledger.enter(ts, wanted)
+        try:
+            async with gates:
+                ts = await self._session_for(ts, task)
+                tokens = await self._lock(ts, task, wanted)
+        except BaseException:
+            if ts is not None:
+                self._maybe_unbind(ts)
+            raise
+        else:
+            for (view, mode), token in zip(wanted, tokens, strict=True):
+                self._record(ts, view._key, mode, token)
+        finally:
+            self.ledger.leave(wanted, infos)
+
+    async def _lock(
+        self, ts: TaskState, task: Any, wanted: Sequence[tuple[_View, int]]
+    ) -> list[int]:
+        """Run the lock statement on the task's session (bound meanwhile); returns tokens."""
+        ts.waiting += 1
+        try:
+            try:
+                return await lock(ts, self.names, wanted)
+            except SessionLost:
+                # The session died (its locks with it): a new acquisition reconnects
+                # transparently, once.
+                await self._session_for(ts, task)
+                return await lock(ts, self.names, wanted)
+        finally:
+            ts.waiting -= 1
+
+    def _give_back(self, members: Sequence[tuple[_View, int]], task: Any) -> None:
+        """Undo re-entrant grants (cancelled at the checkpoint that follows them)."""
+        for view, mode in reversed(members):
             try:
                 self.release(view, mode)
             except LockLostError:
                 pass
-
-        return undo
 
     def _reenter(self, ts: TaskState, view: _View, hold: Hold, mode: int) -> None:
         """A task that already holds ``hold`` asks for ``mode``: it gets it at once
@@ -276,90 +317,33 @@ class LockEngine:
         session = ts.session
         if session is not None:  # a terminated backend or a shutdown is known at once
             session.watch(self._loop, ts.lost)
-        self.watch.holding(self._loop)
-
-    async def acquire_batch(self, items: Sequence[tuple[_View, bool]]) -> None:
-        """Take every ``(view, shared)`` in one statement, in ascending key order; all or none.
-
-        Members the task already holds are re-entered client-side (with the usual rules,
-        checked before anything is taken).
-        """
-        self.check_open()
-        task = self.task()
-        ts = self.ledger.tasks.get(task)
-        wanted: dict[int, tuple[_View, int]] = {}
-        reentered: list[tuple[Hold, int]] = []
-        for view, shared in items:
-            mode = S if shared else X
-            hold = ts.holds.get(view._key) if ts is not None else None
-            if hold is not None and (hold.x or hold.s):
-                assert ts is not None
-                self._reenter(ts, view, hold, mode)
-                reentered.append((hold, mode))
-                continue
-            if view._key in wanted:
-                raise ValueError(f"{view!r} appears twice")
-            wanted[view._key] = (view, mode)
-        await anyio.lowlevel.checkpoint_if_cancelled()
-        if not wanted:
-            for hold, mode in reentered:
-                hold.add(mode)
-            return
-        self.ledger.check_room(len(wanted))
-        members = [wanted[k] for k in sorted(wanted)]
-        infos = self.ledger.enter(members)
-        try:
-            async with self.ledger.gates(ts, members, infos):
-                ts = await self._session_for(ts, task)
-                ts.waiting += 1
-                try:
-                    tokens = await lock_many(ts, self.names, members)
-                finally:
-                    ts.waiting -= 1
-        except BaseException:
-            if ts is not None:
-                self._maybe_unbind(ts)
-            raise
-        finally:
-            self.ledger.leave(members, infos)
-        for (view, mode), token in zip(members, tokens, strict=True):
-            self._record(ts, view._key, mode, token)
-        for hold, mode in reentered:
-            hold.add(mode)
+        if not self.watch.running:
+            self.watch.holding(self._loop)
 
     def acquire_nowait(self, view: _View, mode: int) -> None:
+        """Take (view, mode) if the server grants it at once, blocking for one round trip."""
         self.check_open()
         task = self.task()
-        key = view._key
         ts = self.ledger.tasks.get(task)
-        hold = ts.holds.get(key) if ts is not None else None
-        if hold is not None and (hold.x or hold.s):
-            assert ts is not None
-            self._reenter(ts, view, hold, mode)
-            hold.add(mode)
+        _, again = self._request(ts, ((view, mode),))
+        if again:
+            again[0][0].add(mode)
             return
-        info = self.ledger.keys.get(key)
-        if info is not None:  # refusals that need no round trip
-            if info.writer is not None and info.writer is not task:
-                raise WouldBlock
-            if mode == X and (info.readers or info.x_waiting or info.s_waiting):
-                raise WouldBlock
-            if mode == S and info.x_waiting:
-                raise WouldBlock
+        if self.ledger.would_block(task, view._key, mode):
+            raise WouldBlock  # a refusal that needs no round trip
         self.ledger.check_room(1)
         deadline = time.monotonic() + _NOWAIT_TIMEOUT
         if ts is None:
             ts = self._bind(task, self.pool.checkout_blocking(deadline))
         elif ts.session is None or ts.session.closed:
-            if ts.session is not None:
-                self.pool.discard(ts.detach())
+            self.pool.discard(ts.detach())
             ts.session = self.pool.checkout_blocking(deadline)
         try:
             token = try_lock_blocking(ts, self.names, view, mode, deadline)
         except BaseException:
             self._maybe_unbind(ts)
             raise
-        self._record(ts, key, mode, token)
+        self._record(ts, view._key, mode, token)
 
     # -- releasing --------------------------------------------------------------------------------
 
@@ -436,13 +420,13 @@ class LockEngine:
         else:
             session.close()
 
-    async def release_and_wait(self, view: _View, mode: int) -> None:
-        """``__aexit__``: release, then await the unlock's answer (shielded).
+    async def release_and_wait(self, view: _View, mode: int, task: Any) -> None:
+        """``__aexit__`` of the calling ``task``: release, then await the unlock's answer
+        (shielded).
 
         The task keeps its session until the answer is read, so no other task can take the
         session meanwhile.
         """
-        task = self.task()
         ts = self.ledger.tasks.get(task)
         if ts is not None:
             ts.waiting += 1

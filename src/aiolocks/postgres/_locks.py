@@ -22,6 +22,7 @@ from typing import Any, cast, final
 from ._engine import LockEngine
 from ._names import LOCK, RWLOCK, check_text
 from ._snapshot import PgLockInfo, take_snapshot
+from ._state import S, X
 from ._views import PostgresLock, PostgresRWLock, _View
 
 __all__ = ["PostgresLocks"]
@@ -197,7 +198,7 @@ class PostgresLocks:
         for view, _ in items:
             if not isinstance(view, _View) or view._pg is not self:
                 raise ValueError(f"{view!r} belongs to another PostgresLocks")
-        await self._engine.acquire_batch(items)
+        await self._engine.acquire([(view, S if shared else X) for view, shared in items])
 
     # -- inspection -------------------------------------------------------------------------------
 

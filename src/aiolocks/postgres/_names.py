@@ -30,6 +30,8 @@ from ._session import Pending, ServerError, Session, SessionLost
 if TYPE_CHECKING:
     from ._views import _View
 
+    Members = Sequence[tuple[_View, int]]  # (lock, mode) pairs of one request
+
 __all__ = ["LOCK", "RWLOCK", "Names", "check_text", "lock_key", "owner_id", "owner_prefix"]
 
 LOCK, RWLOCK = "lock", "rwlock"  # the kinds of lock: pg.lock(name), pg.rwlock(name)
@@ -135,10 +137,10 @@ class Names:
 
     # -- the statements in front of a lock statement ----------------------------------------------
 
-    def prefix(self, session: Session, views: Sequence[_View]) -> list[Pending | None] | None:
+    def prefix(self, session: Session, members: Members) -> list[Pending | None] | None:
         """Send what must run before the first lock statement of these names (pipelined).
 
-        Returns the pending registrations (one per view, or None when none was sent), to be
+        Returns the pending registrations (one per member, or None when none was sent), to be
         checked with :meth:`check` once the lock statement has its answer.
         """
         if not self.setup_done:
@@ -146,9 +148,9 @@ class Names:
             # serialized on the server): a lock statement must never run before it
             session.send(self.setup_sql(), None, self.setup_finished)
         registered = self.registered
-        for view in views:
+        for view, _ in members:
             if view._key not in registered:
-                return [self._register(session, v) for v in views]
+                return [self._register(session, v) for v, _ in members]
         return None
 
     def _register(self, session: Session, view: _View) -> Pending | None:
@@ -161,11 +163,11 @@ class Names:
             prepared=True,
         )  # fmt: skip
 
-    def check(self, views: Sequence[_View], registrations: list[Pending | None] | None) -> None:
+    def check(self, members: Members, registrations: list[Pending | None] | None) -> None:
         """Check the answers of :meth:`prefix`'s registrations (a collision raises)."""
         if registrations is None:
             return
-        for view, pending in zip(views, registrations, strict=True):
+        for (view, _), pending in zip(members, registrations, strict=True):
             if pending is not None:
                 self._check_one(view, pending)
 

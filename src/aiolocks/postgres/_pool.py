@@ -151,11 +151,14 @@ class SessionPool:
         for one of the process's own sessions if it has any, else retries with backoff for
         :data:`_CONNECT_RETRY` seconds.
         """
-        backoff = _Backoff()
+        backoff = None
         while True:
             self._check_open()
             session = self.pop_idle()
-            if session is None and self.count < self.max_sessions:
+            if session is not None:
+                return session
+            backoff = backoff or _Backoff()
+            if self.count < self.max_sessions:
                 session = await self._connect(backoff)
             if session is None:
                 session = await self._wait(backoff.delay)

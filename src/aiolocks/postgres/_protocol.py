@@ -19,6 +19,7 @@ Invariants:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import anyio
@@ -33,8 +34,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SQL_UNLOCK_ALL",
-    "lock_many",
-    "lock_one",
+    "lock",
+    "lock_statement",
     "server_behind",
     "server_release",
     "try_lock_blocking",
@@ -64,75 +65,82 @@ SQL_UNLOCK_ALL = b"SELECT pg_advisory_unlock_all()"
 # -- taking locks ---------------------------------------------------------------------------------
 
 
-def _lock_sql(ts: TaskState, key: int, mode: int, seq: bytes) -> tuple[bytes, list[bytes | None]]:
-    session = ts.session
-    assert session is not None
-    k = str(key).encode()
-    if session.owner is not ts.task:
-        session.owner = ts.task
-        name = owner_id(ts.task).encode()
+#: (statement, parameters, whether it is prepared, the token column of each lock or None)
+Statement = tuple[bytes, list[bytes | None], bool, Sequence[int | None]]
+
+
+def lock_statement(
+    members: Sequence[tuple[_View, int]], seq: bytes, owner: bytes | None
+) -> Statement:
+    """The one statement that takes every (view, mode) of ``members`` (in their order), after
+    naming the session for ``owner`` (an ``application_name``) if given.
+
+    One lock (the common case) is a prepared statement: the server skips parsing and
+    planning, a large part of its cost.  Several are built here, with parameters.
+    """
+    if len(members) == 1:
+        view, mode = members[0]
+        key = str(view._key).encode()
+        if owner is None:
+            if mode == X:
+                return _SQL_LOCK_X, [key, seq], True, (1,)
+            return _SQL_LOCK_S, [key], True, (None,)
         if mode == X:
-            return _SQL_LOCK_X_NAMED, [k, seq, name]
-        return _SQL_LOCK_S_NAMED, [k, name]
-    if mode == X:
-        return _SQL_LOCK_X, [k, seq]
-    return _SQL_LOCK_S, [k]
-
-
-async def lock_one(ts: TaskState, names: Names, view: _View, mode: int) -> int:
-    """Take (key, mode) on the task's session; the grant-then-cancel protocol on failure."""
-    session = ts.session
-    assert session is not None
-    # Earlier statements (a release's unlock) may still be unanswered: the lock statement
-    # is pipelined behind them (one round trip), and their answers are read first.
-    registrations = names.prefix(session, (view,))
-    sql, params = _lock_sql(ts, view._key, mode, names.sequence_b)
-    pending = None
-    try:
-        pending = session.send(sql, params, prepared=True)
-        await session.wait(pending)
-        value = pending.value(2 if sql is _SQL_LOCK_X_NAMED else 1) if mode == X else None
-        names.check((view,), registrations)
-    except BaseException as exc:
-        await undo(ts, [(view._key, mode)], pending)
-        translated = await translate(exc, view, ts, names)
-        if translated is exc:
-            raise
-        raise translated from exc
-    return int(value) if value is not None else 0
-
-
-async def lock_many(ts: TaskState, names: Names, members: list[tuple[_View, int]]) -> list[int]:
-    session = ts.session
-    assert session is not None
-    views = [view for view, _ in members]
-    registrations = names.prefix(session, views)
+            return _SQL_LOCK_X_NAMED, [key, seq, owner], True, (2,)
+        return _SQL_LOCK_S_NAMED, [key, owner], True, (None,)
     parts: list[str] = []
     params: list[bytes | None] = []
-    if session.owner is not ts.task:
-        session.owner = ts.task
-        params.append(owner_id(ts.task).encode())
-        parts.append(f"set_config('application_name', ${len(params)}, false)")
+    if owner is not None:
+        params.append(owner)
+        parts.append("set_config('application_name', $1, false)")
     token_cols: list[int | None] = []
     for view, mode in members:
         params.append(str(view._key).encode())
         if mode == X:
             parts.append(f"pg_advisory_lock(${len(params)})")
-            params.append(names.sequence_b)
+            params.append(seq)
             parts.append(f"nextval(${len(params)}::regclass)")
             token_cols.append(len(parts) - 1)
         else:
             parts.append(f"pg_advisory_lock_shared(${len(params)})")
             token_cols.append(None)
-    sql = ("SELECT " + ", ".join(parts)).encode()
+    return ("SELECT " + ", ".join(parts)).encode(), params, False, token_cols
+
+
+def undo_statement(members: Sequence[tuple[_View, int]]) -> tuple[bytes, list[bytes | None], bool]:
+    """The statement that gives back every (view, mode) of ``members`` (true: it was held),
+    and whether it is prepared."""
+    params: list[bytes | None] = [str(view._key).encode() for view, _ in members]
+    if len(members) == 1:
+        return _SQL_UNLOCK[members[0][1]], params, True
+    parts = [
+        f"pg_advisory_unlock{'_shared' if mode == S else ''}(${i})"
+        for i, (_, mode) in enumerate(members, 1)
+    ]
+    return ("SELECT " + ", ".join(parts)).encode(), params, False
+
+
+async def lock(ts: TaskState, names: Names, members: Sequence[tuple[_View, int]]) -> list[int]:
+    """Take every (view, mode) of ``members`` on the task's session in one statement; returns
+    their fencing tokens (0 for shared).  The grant-then-cancel protocol on any failure."""
+    session = ts.session
+    assert session is not None
+    # Earlier statements (a release's unlock) may still be unanswered: the lock statement
+    # is pipelined behind them (one round trip), and their answers are read first.
+    registrations = names.prefix(session, members)
+    owner = None
+    if session.owner is not ts.task:
+        session.owner = ts.task
+        owner = owner_id(ts.task).encode()
+    sql, params, prepared, cols = lock_statement(members, names.sequence_b, owner)
     pending = None
     try:
-        pending = session.send(sql, params)
+        pending = session.send(sql, params, prepared=prepared)
         await session.wait(pending)
-        tokens = [int(pending.value(c) or 0) if c is not None else 0 for c in token_cols]
-        names.check(views, registrations)
+        tokens = [int(pending.value(c) or 0) if c is not None else 0 for c in cols]
+        names.check(members, registrations)
     except BaseException as exc:
-        await undo(ts, [(v._key, m) for v, m in members], pending)
+        await undo(ts, members, pending)
         translated = await translate(exc, members[0][0], ts, names)
         if translated is exc:
             raise
@@ -140,7 +148,7 @@ async def lock_many(ts: TaskState, names: Names, members: list[tuple[_View, int]
     return tokens
 
 
-async def undo(ts: TaskState, members: list[tuple[int, int]], target: Pending | None) -> None:
+async def undo(ts: TaskState, members: Sequence[tuple[_View, int]], target: Pending | None) -> None:
     """After any failure of a lock statement (``target``): one shielded unlock of exactly
     its (key, mode) pairs on the same session (true means it had been granted: now
     undone).  If that fails, the session is closed: the server then drops all it held."""
@@ -149,20 +157,12 @@ async def undo(ts: TaskState, members: list[tuple[int, int]], target: Pending | 
         if session is not None:
             ts.lost(SessionLost("the connection to PostgreSQL was lost"))
         return
-    if len(members) == 1:
-        sql, prepared = _SQL_UNLOCK[members[0][1]], True
-    else:
-        parts = [
-            f"pg_advisory_unlock{'_shared' if mode == S else ''}(${i})"
-            for i, (_, mode) in enumerate(members, 1)
-        ]
-        sql, prepared = ("SELECT " + ", ".join(parts)).encode(), False
+    sql, params, prepared = undo_statement(members)
     ok = False
     with anyio.CancelScope(shield=True) as scope:
         scope.deadline = anyio.current_time() + RECOVERY_TIMEOUT
         try:
             await cancel_and_drain(session, target)
-            params = [str(key).encode() for key, _ in members]
             pending = session.send(sql, params, prepared=prepared)
             await session.wait(pending)
             pending.value()
@@ -232,7 +232,7 @@ def try_lock_blocking(ts: TaskState, names: Names, view: _View, mode: int, deadl
     k = str(view._key).encode()
     try:
         session.wait_blocking(None, deadline)  # earlier results first
-        registrations = names.prefix(session, (view,))
+        registrations = names.prefix(session, ((view, mode),))
         if session.owner is not ts.task:
             session.owner = ts.task
             session.send(_SQL_SET_NAME, [owner_id(ts.task).encode()])
@@ -242,7 +242,7 @@ def try_lock_blocking(ts: TaskState, names: Names, view: _View, mode: int, deadl
             pending = session.send(_SQL_TRY_S, [k], prepared=True)
         session.wait_blocking(pending, deadline)
         value = pending.value()
-        names.check((view,), registrations)
+        names.check(((view, mode),), registrations)
     except BaseException as exc:
         _undo_blocking(ts, view._key, mode, deadline)
         if isinstance(exc, TimeoutError):

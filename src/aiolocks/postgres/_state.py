@@ -167,11 +167,27 @@ class Ledger:
                 "shared lock table and make other sessions fail"
             )
 
+    def would_block(self, task: Any, key: int, mode: int) -> bool:
+        """A try of (key, mode) by ``task`` must fail, by what this process knows: another of
+        its tasks holds the key, or waits for it in a conflicting mode (never jump the queue)."""
+        info = self.keys.get(key)
+        if info is None:
+            return False
+        if info.writer is not None and info.writer is not task:
+            return True
+        if mode == X:
+            return bool(info.readers or info.x_waiting or info.s_waiting)
+        return bool(info.x_waiting)
+
     # -- waiting ----------------------------------------------------------------------------------
 
-    def enter(self, members: Sequence[tuple[_View, int]]) -> list[KeyInfo]:
-        """Count the task as waiting for each (view, mode); returns the keys' infos."""
+    def enter(
+        self, ts: TaskState | None, members: Sequence[tuple[_View, int]]
+    ) -> tuple[list[KeyInfo], Gates]:
+        """The task waits for each (view, mode) of ``members`` (ascending keys): it is counted
+        as waiting; returns the keys' infos and the local gates it is to pass first."""
         infos = []
+        gates: list[Lock] | None = [] if ts is None or not ts.holds else None
         for view, mode in members:
             info = self.key_info(view._key)
             if mode == X:
@@ -179,7 +195,9 @@ class Ledger:
             else:
                 info.s_waiting += 1
             infos.append(info)
-        return infos
+            if gates is not None:
+                gates.append(self._gate(view, info))
+        return infos, Gates(gates) if gates is not None else NO_GATES
 
     def leave(self, members: Sequence[tuple[_View, int]], infos: list[KeyInfo]) -> None:
         """Undo :meth:`enter`."""
@@ -190,19 +208,13 @@ class Ledger:
                 info.s_waiting -= 1
             self.drop_key_info(view._key, info)
 
-    def gates(
-        self, ts: TaskState | None, members: Sequence[tuple[_View, int]], infos: list[KeyInfo]
-    ) -> Gates:
-        """The local queue a task waits in before it waits on the server, for each key of
-        ``members`` (ascending keys); none for a task that holds something."""
-        if ts is not None and ts.holds:
-            return NO_GATES
-        gates = []
-        for (view, _), info in zip(members, infos, strict=True):
-            if info.gate is None:
-                info.gate = Lock(fast_acquire=True, name=f"aiolocks.postgres {view._describe()}")
-            gates.append(info.gate)
-        return Gates(gates)
+    @staticmethod
+    def _gate(view: _View, info: KeyInfo) -> Lock:
+        """The key's local gate.  Only a task that holds nothing queues in it: a holder goes
+        straight to the server with the session it has (see the module docs)."""
+        if info.gate is None:
+            info.gate = Lock(fast_acquire=True, name=f"aiolocks.postgres {view._describe()}")
+        return info.gate
 
     # -- holding ----------------------------------------------------------------------------------
 

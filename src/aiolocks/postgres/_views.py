@@ -91,7 +91,7 @@ class _View:
             ConnectionError: the server is unreachable (nothing is held).
             anyio.ClosedResourceError: the lock space was closed.
         """
-        await self._engine.acquire(self, self._mode)
+        await self._engine.acquire(((self, self._mode),))
 
     def acquire_nowait(self) -> None:
         """Acquire the lock if it is free and nobody waits for it in a conflicting mode.
@@ -126,7 +126,7 @@ class _View:
 
     async def __aenter__(self) -> None:
         engine = self._engine
-        task = await engine.acquire(self, self._mode)
+        task = await engine.acquire(((self, self._mode),))
         engine.watch.enter_body(task, self._key)  # a loss cancels the body (cancel_on_loss)
 
     async def __aexit__(
@@ -136,11 +136,9 @@ class _View:
         tb: TracebackType | None,
     ) -> bool:
         engine = self._engine
-        watch = engine.watch
-        swallowed = watch.cancel_on_loss and watch.exit_body(
-            engine.task(), self._key, exc_type, exc, tb
-        )
-        await engine.release_and_wait(self, self._mode)
+        task = engine.task()
+        swallowed = engine.watch.exit_body(task, self._key, exc_type, exc, tb)
+        await engine.release_and_wait(self, self._mode, task)
         return swallowed
 
     def __enter__(self) -> None:

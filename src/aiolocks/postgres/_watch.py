@@ -114,7 +114,7 @@ class Watch:
         self, task: Any, key: int, exc_type: Any, exc: BaseException | None, tb: Any
     ) -> bool:
         """The body on ``key`` ends; True if its cancel scope swallowed the exception."""
-        stack = self.scopes.get(task)
+        stack = self.scopes.get(task) if self.cancel_on_loss else None
         if not stack:
             return False
         for i in range(len(stack) - 1, -1, -1):
