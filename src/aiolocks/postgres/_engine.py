@@ -7,9 +7,14 @@ session.  A task that holds nothing first queues in the process per key (the loc
 it holds and awaits nothing.  The statements and their clean-up are :mod:`._protocol`'s; a
 lost session is :mod:`._watch`'s.  A task that exits holding locks has them released for it.
 
+There is one acquire path: a single lock is a batch of one (:meth:`LockEngine.acquire`), so
+re-entry, the local gates, the session binding, the statement and its undo are written once
+for ``pg.lock(...)``, ``pg.rwlock(...)`` and ``LockCollection``.
+
 Invariants:
     the engine is bound to one event loop (``_loop``) while any task holds or waits
-    a task in ``ledger.tasks`` has a session, or is waiting for one (``waiting > 0``)
+    a task in ``ledger.tasks`` has a session, or waits for one (``waiting > 0``), or all its
+      holds are lost (its session was lost; the holds wait for their release)
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from ._views import _View
 
 __all__ = [
+    "RECOVERY_TIMEOUT",
     "SQL_UNLOCK_ALL",
     "lock",
     "lock_statement",

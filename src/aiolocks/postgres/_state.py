@@ -17,7 +17,7 @@ Invariants (per lock space):
       it is marked lost; a Hold that is not lost has server_x or server_s set
     a Hold in TaskState.holds has x > 0 or s > 0
     held_keys == number of Hold entries over all tasks
-    keys[k] exists while a task of this process holds or waits for k (or a gate is in use)
+    keys[k] exists while a task of this process holds or waits for k (its gate with it)
 """
 
 from __future__ import annotations
