@@ -141,7 +141,7 @@ class LockEngine:
             del self.ledger.tasks[ts.task]
         unwatch(ts.task, ts.watch)
         ts.watch = None
-        session = ts.detach()
+        session, ts.session = ts.session, None
         if session is not None:
             self.pool.checkin(session)
 
@@ -210,14 +210,17 @@ class LockEngine:
         self.check_open()
         task = self.task()
         ts = self.ledger.tasks.get(task)
-        wanted, again = self._request(ts, members)
+        again: Sequence[tuple[Hold, int]] = ()
+        if ts is None and len(members) == 1:
+            wanted = members  # the common case: a task that holds nothing takes one lock
+        else:
+            wanted, again = self._request(ts, members)
         if not wanted:
             for hold, mode in again:
                 hold.add(mode)
             await held_checkpoint(self._loop, partial(self._give_back, members), task)
             return task
         await anyio.lowlevel.checkpoint_if_cancelled()
-        self.ledger.check_room(len(wanted))
         await self._take(ts, task, wanted)
         for hold, mode in again:
             hold.add(mode)
@@ -241,8 +244,6 @@ class LockEngine:
     ) -> tuple[Sequence[tuple[_View, int]], Sequence[tuple[Hold, int]]]:
         """``members`` split into what to take from the server (ascending keys) and the levels
         to add to holds of the task; raises (changing nothing) if a re-entry is refused."""
-        if ts is None and len(members) == 1:
-            return members, ()  # the common case: a task that holds nothing takes one lock
         wanted: dict[int, tuple[_View, int]] = {}
         again: list[tuple[Hold, int]] = []
         for view, mode in members:
@@ -266,7 +267,17 @@ class LockEngine:
         try:
             async with gates:
                 ts = await self._session_for(ts, task)
-                tokens = await self._lock(ts, task, wanted)
+                ts.waiting += 1
+                try:
+                    try:
+                        tokens = await lock(ts, self.names, wanted)
+                    except SessionLost:
+                        # The session died (its locks with it): a new acquisition reconnects
+                        # transparently, once.
+                        await self._session_for(ts, task)
+                        tokens = await lock(ts, self.names, wanted)
+                finally:
+                    ts.waiting -= 1
         except BaseException:
             if ts is not None:
                 self._maybe_unbind(ts)
@@ -276,22 +287,6 @@ class LockEngine:
                 self._record(ts, view._key, mode, token)
         finally:
             self.ledger.leave(wanted, infos)
-
-    async def _lock(
-        self, ts: TaskState, task: Any, wanted: Sequence[tuple[_View, int]]
-    ) -> list[int]:
-        """Run the lock statement on the task's session (bound meanwhile); returns tokens."""
-        ts.waiting += 1
-        try:
-            try:
-                return await lock(ts, self.names, wanted)
-            except SessionLost:
-                # The session died (its locks with it): a new acquisition reconnects
-                # transparently, once.
-                await self._session_for(ts, task)
-                return await lock(ts, self.names, wanted)
-        finally:
-            ts.waiting -= 1
 
     def _give_back(self, members: Sequence[tuple[_View, int]], task: Any) -> None:
         """Undo re-entrant grants (cancelled at the checkpoint that follows them)."""
@@ -437,28 +432,30 @@ class LockEngine:
             ts.waiting += 1
         try:
             pending = self._release_level(task, ts, view, mode)
-            if pending is not None and ts is not None and ts.session is not None:
-                await self._await_unlock(ts, ts.session, view, pending)
+            session = ts.session if ts is not None else None
+            if pending is None or session is None:
+                return
+            if not pending.done:
+                try:
+                    session.poll()  # the answer is often there already: no shield needed
+                except SessionLost:
+                    pass
+            if not pending.done and not session.closed:
+                with anyio.CancelScope(shield=True) as scope:
+                    scope.deadline = anyio.current_time() + RECOVERY_TIMEOUT
+                    try:
+                        await session.wait(pending)
+                    except SessionLost:
+                        pass
+            assert ts is not None
+            self._check_unlock(ts, view, pending)
         finally:
             if ts is not None:
                 ts.waiting -= 1
                 self._maybe_unbind(ts)
 
-    async def _await_unlock(
-        self, ts: TaskState, session: Session, view: _View, pending: Pending
-    ) -> None:
-        if not pending.done:
-            try:
-                session.poll()  # the answer is often there already: no shield needed
-            except SessionLost:
-                pass
-        if not pending.done and not session.closed:
-            with anyio.CancelScope(shield=True) as scope:
-                scope.deadline = anyio.current_time() + RECOVERY_TIMEOUT
-                try:
-                    await session.wait(pending)
-                except SessionLost:
-                    pass
+    def _check_unlock(self, ts: TaskState, view: _View, pending: Pending) -> None:
+        """A release's unlock answered true, or its hold was lost: that raises."""
         if not pending.done:
             self.watch.session_lost(ts, SessionLost("no answer from PostgreSQL to an unlock"))
             raise LockLostError(f"{view!r}: no answer from PostgreSQL to its release")

@@ -163,10 +163,8 @@ class Names:
             prepared=True,
         )  # fmt: skip
 
-    def check(self, members: Members, registrations: list[Pending | None] | None) -> None:
+    def check(self, members: Members, registrations: list[Pending | None]) -> None:
         """Check the answers of :meth:`prefix`'s registrations (a collision raises)."""
-        if registrations is None:
-            return
         for (view, _), pending in zip(members, registrations, strict=True):
             if pending is not None:
                 self._check_one(view, pending)

@@ -138,8 +138,11 @@ async def lock(ts: TaskState, names: Names, members: Sequence[tuple[_View, int]]
     try:
         pending = session.send(sql, params, prepared=prepared)
         await session.wait(pending)
-        tokens = [int(pending.value(c) or 0) if c is not None else 0 for c in cols]
-        names.check(members, registrations)
+        tokens = []
+        for col in cols:  # (no comprehension: this is the hot path, and one lock is common)
+            tokens.append(int(pending.value(col) or 0) if col is not None else 0)
+        if registrations is not None:
+            names.check(members, registrations)
     except BaseException as exc:
         await undo(ts, members, pending)
         translated = await translate(exc, members[0][0], ts, names)
@@ -243,7 +246,8 @@ def try_lock_blocking(ts: TaskState, names: Names, view: _View, mode: int, deadl
             pending = session.send(_SQL_TRY_S, [k], prepared=True)
         session.wait_blocking(pending, deadline)
         value = pending.value()
-        names.check(((view, mode),), registrations)
+        if registrations is not None:
+            names.check(((view, mode),), registrations)
     except BaseException as exc:
         _undo_blocking(ts, view._key, mode, deadline)
         if isinstance(exc, TimeoutError):

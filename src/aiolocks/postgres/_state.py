@@ -184,8 +184,14 @@ class Ledger:
     def enter(
         self, ts: TaskState | None, members: Sequence[tuple[_View, int]]
     ) -> tuple[list[KeyInfo], Gates]:
-        """The task waits for each (view, mode) of ``members`` (ascending keys): it is counted
-        as waiting; returns the keys' infos and the local gates it is to pass first."""
+        """The task is to wait for each (view, mode) of ``members`` (ascending keys), each a
+        key it does not hold: it is counted as waiting; returns the keys' infos and the local
+        gates it is to pass first (none for a task that holds something: see the module docs).
+
+        Raises:
+            RuntimeError: the process would hold more than ``max_held_keys`` keys.
+        """
+        self.check_room(len(members))
         infos = []
         gates: list[Lock] | None = [] if ts is None or not ts.holds else None
         for view, mode in members:
@@ -196,7 +202,10 @@ class Ledger:
                 info.s_waiting += 1
             infos.append(info)
             if gates is not None:
-                gates.append(self._gate(view, info))
+                if info.gate is None:
+                    name = f"aiolocks.postgres {view._describe()}"
+                    info.gate = Lock(fast_acquire=True, name=name)
+                gates.append(info.gate)
         return infos, Gates(gates) if gates is not None else NO_GATES
 
     def leave(self, members: Sequence[tuple[_View, int]], infos: list[KeyInfo]) -> None:
@@ -207,14 +216,6 @@ class Ledger:
             else:
                 info.s_waiting -= 1
             self.drop_key_info(view._key, info)
-
-    @staticmethod
-    def _gate(view: _View, info: KeyInfo) -> Lock:
-        """The key's local gate.  Only a task that holds nothing queues in it: a holder goes
-        straight to the server with the session it has (see the module docs)."""
-        if info.gate is None:
-            info.gate = Lock(fast_acquire=True, name=f"aiolocks.postgres {view._describe()}")
-        return info.gate
 
     # -- holding ----------------------------------------------------------------------------------
 

@@ -56,7 +56,7 @@ class _View:
         return self._key
 
     def _describe(self) -> str:
-        return f"{self._kind}({self._name!r}) of namespace {self._pg.namespace!r}"
+        return f"{self._kind}({self._name!r}) of namespace {self._engine.names.namespace!r}"
 
     def __repr__(self) -> str:
         info = self._engine.ledger.keys.get(self._key)
