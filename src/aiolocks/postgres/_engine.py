@@ -215,13 +215,29 @@ class LockEngine:
             wanted = members  # the common case: a task that holds nothing takes one lock
         else:
             wanted, again = self._request(ts, members)
-        if not wanted:
-            for hold, mode in again:
-                hold.add(mode)
-            await held_checkpoint(self._loop, partial(self._give_back, members), task)
-            return task
+            if not wanted:
+                return await self._reenter_only(task, members, again)
         await anyio.lowlevel.checkpoint_if_cancelled()
-        await self._take(ts, task, wanted)
+        infos, gates = self.ledger.enter(ts, wanted)  # the local queue, then the server's
+        try:
+            async with gates:
+                ts = await self._session_for(ts, task)
+                ts.waiting += 1
+                try:
+                    tokens = await lock(ts, self.names, wanted)
+                except SessionLost:  # the session died, its locks with it: reconnect, once
+                    tokens = await self._relock(ts, task, wanted)
+                finally:
+                    ts.waiting -= 1
+        except BaseException:
+            if ts is not None:
+                self._maybe_unbind(ts)
+            raise
+        else:
+            for (view, mode), token in zip(wanted, tokens, strict=True):
+                self._record(ts, view._key, mode, token)
+        finally:
+            self.ledger.leave(wanted, infos)
         for hold, mode in again:
             hold.add(mode)
         # The answer often arrives before the first wait: keep acquire() a schedule point.  A
@@ -230,12 +246,7 @@ class LockEngine:
         try:
             await _schedule_point(self._loop)
         except BaseException:
-            with anyio.CancelScope(shield=True):
-                for view, mode in reversed(members):
-                    try:
-                        await self.release_and_wait(view, mode, task)
-                    except LockLostError:
-                        pass
+            await self._give_back_awaited(members, task)
             raise
         return task
 
@@ -258,35 +269,22 @@ class LockEngine:
                 wanted[view._key] = (view, mode)
         return [wanted[key] for key in sorted(wanted)], again
 
-    async def _take(
-        self, ts: TaskState | None, task: Any, wanted: Sequence[tuple[_View, int]]
-    ) -> None:
-        """Wait in the local gates, then on the server with the task's session; record the
-        holds."""
-        infos, gates = self.ledger.enter(ts, wanted)
-        try:
-            async with gates:
-                ts = await self._session_for(ts, task)
-                ts.waiting += 1
-                try:
-                    try:
-                        tokens = await lock(ts, self.names, wanted)
-                    except SessionLost:
-                        # The session died (its locks with it): a new acquisition reconnects
-                        # transparently, once.
-                        await self._session_for(ts, task)
-                        tokens = await lock(ts, self.names, wanted)
-                finally:
-                    ts.waiting -= 1
-        except BaseException:
-            if ts is not None:
-                self._maybe_unbind(ts)
-            raise
-        else:
-            for (view, mode), token in zip(wanted, tokens, strict=True):
-                self._record(ts, view._key, mode, token)
-        finally:
-            self.ledger.leave(wanted, infos)
+    async def _reenter_only(
+        self, task: Any, members: Sequence[tuple[_View, int]], again: Sequence[tuple[Hold, int]]
+    ) -> Any:
+        """Every member is held by the task already: one more level of each, then the
+        checkpoint (a cancellation there takes the levels back)."""
+        for hold, mode in again:
+            hold.add(mode)
+        await held_checkpoint(self._loop, partial(self._give_back, members), task)
+        return task
+
+    async def _relock(
+        self, ts: TaskState, task: Any, wanted: Sequence[tuple[_View, int]]
+    ) -> list[int]:
+        """The lock statement again, on a new session (the task's died)."""
+        await self._session_for(ts, task)
+        return await lock(ts, self.names, wanted)
 
     def _give_back(self, members: Sequence[tuple[_View, int]], task: Any) -> None:
         """Undo re-entrant grants (cancelled at the checkpoint that follows them)."""
@@ -295,6 +293,16 @@ class LockEngine:
                 self.release(view, mode)
             except LockLostError:
                 pass
+
+    async def _give_back_awaited(self, members: Sequence[tuple[_View, int]], task: Any) -> None:
+        """Undo grants of the server (cancelled at the schedule point after them): the unlocks
+        are awaited, shielded."""
+        with anyio.CancelScope(shield=True):
+            for view, mode in reversed(members):
+                try:
+                    await self.release_and_wait(view, mode, task)
+                except LockLostError:
+                    pass
 
     def _reenter(self, ts: TaskState, view: _View, hold: Hold, mode: int) -> None:
         """A task that already holds ``hold`` asks for ``mode``: it gets it at once
