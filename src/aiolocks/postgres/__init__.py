@@ -52,18 +52,11 @@ except ImportError as _missing:  # the extra is not installed, or psycopg cannot
         path=_missing.path,
     ) from _missing
 
-from ._locks import (
-    PgHolder,
-    PgLockInfo,
-    PgWaiter,
-    PostgresLock,
-    PostgresLocks,
-    PostgresReadLock,
-    PostgresRWLock,
-    PostgresWriteLock,
-    owner_prefix,
-)
+from ._locks import PostgresLocks
+from ._names import owner_prefix
 from ._session import ServerError, SessionLost
+from ._snapshot import PgHolder, PgLockInfo, PgWaiter
+from ._views import PostgresLock, PostgresReadLock, PostgresRWLock, PostgresWriteLock
 
 __all__ = [
     "PgHolder",
