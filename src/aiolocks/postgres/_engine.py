@@ -48,7 +48,6 @@ from ._protocol import (
     RECOVERY_TIMEOUT,
     SQL_UNLOCK_ALL,
     lock,
-    server_behind,
     server_release,
     try_lock_blocking,
 )
@@ -397,12 +396,13 @@ class LockEngine:
 
     def _sync_server(self, ts: TaskState, hold: Hold) -> Pending | None:
         """Bring the server's holds in line with the client's counts after a release."""
-        if not server_behind(hold):
+        change = server_release(hold)
+        if change is None:
             return None
         self.watch.check_alive(ts)  # a hold already known lost is reported as such
         if hold.lost is not None:
             return None
-        sql = server_release(hold)
+        sql, hold.server_x, hold.server_s = change
         session = ts.session
         if session is None or session.closed:
             hold.lost = SessionLost("the connection to PostgreSQL was lost")

@@ -37,7 +37,6 @@ __all__ = [
     "SQL_UNLOCK_ALL",
     "lock",
     "lock_statement",
-    "server_behind",
     "server_release",
     "try_lock_blocking",
 ]
@@ -286,19 +285,13 @@ def _undo_blocking(ts: TaskState, key: int, mode: int, deadline: float) -> None:
 # -- releasing ------------------------------------------------------------------------------------
 
 
-def server_behind(hold: Hold) -> bool:
-    """After a release: the server holds more of ``hold``'s key than its counts say."""
-    return (hold.server_x and not hold.x) or (hold.server_s and not hold.s and not hold.x)
-
-
-def server_release(hold: Hold) -> bytes:
-    """The statement that brings the server in line with ``hold``'s counts (when
-    :func:`server_behind`); the hold's server flags are set as they will be."""
+def server_release(hold: Hold) -> tuple[bytes, bool, bool] | None:
+    """After a release: the statement that brings the server in line with ``hold``'s counts,
+    and the hold's server flags (exclusive, shared) once it ran; None if nothing is to run."""
     if hold.server_x and not hold.x:
-        hold.server_x = False
         if hold.s and not hold.server_s:
-            hold.server_s = True
-            return _SQL_DOWNGRADE  # stay a reader: take shared before dropping exclusive
-        return _SQL_UNLOCK[X]
-    hold.server_s = False
-    return _SQL_UNLOCK[S]
+            return _SQL_DOWNGRADE, False, True  # stay a reader: shared before exclusive goes
+        return _SQL_UNLOCK[X], False, hold.server_s
+    if hold.server_s and not hold.s and not hold.x:
+        return _SQL_UNLOCK[S], hold.server_x, False
+    return None

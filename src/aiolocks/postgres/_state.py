@@ -191,7 +191,8 @@ class Ledger:
         Raises:
             RuntimeError: the process would hold more than ``max_held_keys`` keys.
         """
-        self.check_room(len(members))
+        if self.held_keys + len(members) > self.max_held_keys:
+            self.check_room(len(members))  # raises
         infos = []
         gates: list[Lock] | None = [] if ts is None or not ts.holds else None
         for view, mode in members:
