@@ -27,6 +27,7 @@ import sniffio
 import trio
 
 import aiolocks
+import aiolocks.threadsafe
 
 pytestmark = pytest.mark.anyio
 
@@ -74,6 +75,11 @@ def _condition_writer() -> Made:
     return Made(aiolocks.Condition(rw.writer), rw._check_invariants)
 
 
+def _ts_lock() -> Made:
+    lock = aiolocks.threadsafe.Lock()
+    return Made(lock, lock._check_invariants)
+
+
 FACTORIES: list[LockFactory] = [
     LockFactory("Lock", _lock, exclusive=True),
     LockFactory("Lock-fast", lambda: _lock(fast_acquire=True), exclusive=True, fast_acquire=True),
@@ -87,6 +93,7 @@ FACTORIES: list[LockFactory] = [
     LockFactory("RWLock.reader", _rw_reader, exclusive=False),
     LockFactory("Condition", _condition, exclusive=True),
     LockFactory("Condition(RWLock.writer)", _condition_writer, exclusive=True),
+    LockFactory("threadsafe.Lock", _ts_lock, exclusive=True),
 ]
 
 

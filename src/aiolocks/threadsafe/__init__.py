@@ -1,0 +1,13 @@
+"""Locks shared by threads and by the tasks of any number of event loops.
+
+:mod:`aiolocks.threadsafe` has the same lock shapes as :mod:`aiolocks`, usable at once from
+tasks of any asyncio loops (in any threads, uvloop included), from trio, and from plain threads
+(``with lock:``, ``acquire_blocking(timeout)``).  One FIFO queue serves them all.  See
+``docs/threadsafe.md``.
+"""
+
+from __future__ import annotations
+
+from ._lock import Lock
+
+__all__ = ["Lock"]
