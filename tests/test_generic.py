@@ -80,6 +80,16 @@ def _ts_lock() -> Made:
     return Made(lock, lock._check_invariants)
 
 
+def _ts_rw_writer() -> Made:
+    rw = aiolocks.threadsafe.RWLock()
+    return Made(rw.writer, rw._check_invariants)
+
+
+def _ts_rw_reader() -> Made:
+    rw = aiolocks.threadsafe.RWLock()
+    return Made(rw.reader, rw._check_invariants)
+
+
 FACTORIES: list[LockFactory] = [
     LockFactory("Lock", _lock, exclusive=True),
     LockFactory("Lock-fast", lambda: _lock(fast_acquire=True), exclusive=True, fast_acquire=True),
@@ -94,6 +104,8 @@ FACTORIES: list[LockFactory] = [
     LockFactory("Condition", _condition, exclusive=True),
     LockFactory("Condition(RWLock.writer)", _condition_writer, exclusive=True),
     LockFactory("threadsafe.Lock", _ts_lock, exclusive=True),
+    LockFactory("threadsafe.RWLock.writer", _ts_rw_writer, exclusive=True),
+    LockFactory("threadsafe.RWLock.reader", _ts_rw_reader, exclusive=False),
 ]
 
 

@@ -9,5 +9,6 @@ tasks of any asyncio loops (in any threads, uvloop included), from trio, and fro
 from __future__ import annotations
 
 from ._lock import Lock
+from ._rwlock import RWLock
 
-__all__ = ["Lock"]
+__all__ = ["Lock", "RWLock"]

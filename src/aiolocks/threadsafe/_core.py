@@ -304,6 +304,10 @@ class Primitive:
     def _broken_victims(self, owner: Any) -> list[Waiter] | None:
         raise NotImplementedError
 
+    def _broken_for(self, mode: Any) -> str | None:
+        """Why a request of ``mode`` that has to wait fails at once (a dead owner's hold)."""
+        return self._broken
+
     def _blockers(self, waiter: Waiter) -> list[tuple[Any, Any]]:
         """``(owner, home)`` of the holders ``waiter`` waits for (watched for their exit)."""
         raise NotImplementedError
@@ -312,8 +316,9 @@ class Primitive:
 
     def _enqueue(self, owner: Any, mode: Any, kind: int, home: Any) -> tuple[Waiter, list[Any]]:
         """Queue a waiter (``_cs`` held); returns it and the owners to start watching."""
-        if self._broken is not None:
-            raise BrokenResourceError(self._broken)
+        why = self._broken_for(mode)
+        if why is not None:
+            raise BrokenResourceError(why)
         waiter = Waiter(self, owner, mode, kind, home)
         self._q[waiter] = None
         watch = []
@@ -456,8 +461,10 @@ class Primitive:
                 waiter.state = FAILED
                 waiter.error = BrokenResourceError(message)
                 del self._q[waiter]
+            granted = self._admit()  # those that waited behind a failed request may go now
         for waiter in victims:
             waiter.wake()
+        self._wake(granted)
 
     # introspection ------------------------------------------------------------------------------
 
