@@ -154,8 +154,23 @@ def caller() -> tuple[Any, Any]:
             return task, loop
     trio = sys.modules.get("trio")
     if trio is not None and trio.lowlevel.in_trio_run():
-        return trio.lowlevel.current_task(), trio.lowlevel.current_trio_token()
+        global _token_type
+        token = trio.lowlevel.current_trio_token()
+        _token_type = token.__class__
+        return trio.lowlevel.current_task(), token
     return thread_caller(), None
+
+
+class _NoToken:
+    pass
+
+
+_token_type: type = _NoToken  # trio's TrioToken once trio is seen (cheaper than isinstance)
+
+
+def is_trio(home: Any) -> bool:
+    """Whether ``home`` (of an async owner) is a TrioToken, not an asyncio loop."""
+    return home.__class__ is _token_type
 
 
 def async_caller() -> tuple[Any, Any]:
@@ -333,7 +348,7 @@ class Primitive:
 
         Raises BrokenResourceError at once if the lock is broken.  Called with ``_cs`` held.
         """
-        if isinstance(home, asyncio.AbstractEventLoop):
+        if not is_trio(home):
             waiter, watch = self._enqueue(owner, mode, _ASYNCIO, home)
             waiter.park = home.create_future()
             return self._wait_asyncio(waiter, watch)
@@ -417,7 +432,7 @@ class Primitive:
 
     def _checkpoint(self, owner: Any, home: Any) -> Any:
         """The checkpoint after an uncontended async acquire; a cancel there gives it back."""
-        if isinstance(home, asyncio.AbstractEventLoop):
+        if home.__class__ is not _token_type:
             return held_checkpoint(home, self._undo_owner, owner)
         return held_checkpoint(TRIO, self._undo_owner, owner)
 
@@ -440,7 +455,7 @@ class Primitive:
         for owner, where in owners:
             if isinstance(owner, ThreadOwner):
                 owner.watch(exited)
-            elif isinstance(where, asyncio.AbstractEventLoop):
+            elif not is_trio(where):
                 loop = where
                 try:
                     loop.call_soon_threadsafe(watch, loop, owner, exited)

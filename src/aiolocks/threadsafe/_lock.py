@@ -8,6 +8,7 @@ from typing import Any, final
 
 from anyio import LockStatistics, WouldBlock
 
+from .._backend import READY
 from .._common import not_holding, set_name
 from .._exceptions import DeadlockError
 from ._core import (
@@ -110,13 +111,14 @@ class Lock(Primitive):
         """
         await self.__aenter__()
 
-    async def __aexit__(
+    def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:
+    ) -> Awaitable[None]:
         self._release(async_caller()[0])
+        return READY
 
     # -- blocking side ----------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from typing import Any, final
 
 from anyio import LockStatistics, WouldBlock
 
+from .._backend import READY
 from .._common import not_holding, set_name
 from .._exceptions import DeadlockError
 from .._types import RWLockStatistics
@@ -470,13 +471,14 @@ class _View:
         """
         await self._rw._acquire_async(self._mode)
 
-    async def __aexit__(
+    def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:
+    ) -> Awaitable[None]:
         self._rw._release(async_caller()[0], self._mode)
+        return READY
 
     def acquire_blocking(self, timeout: float | None = None) -> bool:
         """Acquire this mode from a thread, blocking only that thread.

@@ -1,0 +1,222 @@
+"""aiolocks.threadsafe side by side with aiologic, threading and the in-process aiolocks locks.
+
+Run from the repository root (standalone; aiologic and uvloop are in the ``bench`` extra)::
+
+    python benchmarks/threadsafe_bench.py [--quick]
+
+Every figure is the best of several repeats (the least disturbed run on a shared machine), as
+nanoseconds per acquire/release cycle or cycles per second.  A ratio below 1.0 in a "time" row,
+or above 1.0 in a "throughput" row, means aiolocks.threadsafe wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import platform
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiologic
+
+import aiolocks
+import aiolocks.threadsafe as ts
+
+
+def best(fn: Callable[[], float], repeats: int) -> float:
+    return min(fn() for _ in range(repeats))
+
+
+# -- uncontended -----------------------------------------------------------------------------
+
+
+def async_cycle_ns(make: Callable[[], Any], n: int) -> float:
+    async def main() -> float:
+        lock = make()
+        async with lock:  # bind / warm up
+            pass
+        start = time.perf_counter()
+        for _ in range(n):
+            async with lock:
+                pass
+        return (time.perf_counter() - start) / n * 1e9
+
+    return asyncio.run(main())
+
+
+def blocking_cycle_ns(make: Callable[[], Any], n: int) -> float:
+    lock = make()
+    with lock:
+        pass
+    start = time.perf_counter()
+    for _ in range(n):
+        with lock:
+            pass
+    return (time.perf_counter() - start) / n * 1e9
+
+
+# -- contended -------------------------------------------------------------------------------
+
+
+def threads_handoff_per_s(make: Callable[[], Any], threads: int, n: int) -> float:
+    """``threads`` threads each take the lock ``n`` times: cycles per second over all."""
+    lock = make()
+    counter = [0]
+    go = threading.Barrier(threads + 1)
+
+    def worker() -> None:
+        go.wait()
+        for _ in range(n):
+            with lock:
+                counter[0] += 1
+
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    go.wait()
+    start = time.perf_counter()
+    for t in pool:
+        t.join()
+    elapsed = time.perf_counter() - start
+    assert counter[0] == threads * n
+    return threads * n / elapsed
+
+
+def loops_handoff_per_s(make: Callable[[], Any], loops: int, tasks: int, n: int) -> float:
+    """``loops`` event loops in threads, ``tasks`` tasks each, every task takes the lock ``n``
+    times, yielding inside: cycles per second over all."""
+    lock = make()
+    counter = [0]
+    go = threading.Barrier(loops + 1)
+
+    async def task() -> None:
+        for _ in range(n):
+            async with lock:
+                counter[0] += 1
+                await asyncio.sleep(0)
+
+    async def loop_main() -> None:
+        await asyncio.gather(*(task() for _ in range(tasks)))
+
+    def thread() -> None:
+        go.wait()
+        asyncio.run(loop_main())
+
+    pool = [threading.Thread(target=thread) for _ in range(loops)]
+    for t in pool:
+        t.start()
+    go.wait()
+    start = time.perf_counter()
+    for t in pool:
+        t.join()
+    elapsed = time.perf_counter() - start
+    assert counter[0] == loops * tasks * n
+    return loops * tasks * n / elapsed
+
+
+def read_mostly_per_s(rw: Any, exclusive: bool, n: int) -> float:
+    """4 loops (2 tasks each) and 4 threads, 1 write in 20: acquisitions per second."""
+    reader = rw if exclusive else rw.reader
+    writer = rw if exclusive else rw.writer
+    go = threading.Barrier(9)
+    done = [0]
+
+    async def task(i: int) -> None:
+        for j in range(n):
+            async with writer if (i + j) % 20 == 0 else reader:
+                await asyncio.sleep(0)
+        done[0] += 1
+
+    def loop_thread(i: int) -> None:
+        go.wait()
+
+        async def main() -> None:
+            await asyncio.gather(task(i), task(i + 1))
+
+        asyncio.run(main())
+
+    def plain_thread(i: int) -> None:
+        go.wait()
+        for j in range(n):
+            with writer if (i + j) % 20 == 0 else reader:
+                time.sleep(0)
+
+    pool = [threading.Thread(target=loop_thread, args=(i,)) for i in range(4)]
+    pool += [threading.Thread(target=plain_thread, args=(i,)) for i in range(4)]
+    for t in pool:
+        t.start()
+    go.wait()
+    start = time.perf_counter()
+    for t in pool:
+        t.join()
+    return (8 + 4) * n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
+    args = parser.parse_args()
+    n, repeats, contended = (20_000, 3, 2_000) if args.quick else (200_000, 5, 20_000)
+
+    print(
+        f"Python {sys.version.split()[0]} on {platform.machine()}, aiologic "
+        f"{aiologic.__version__}; best of {repeats}"
+    )
+    rows: list[tuple[str, float, str, float]] = []
+
+    ours = best(lambda: async_cycle_ns(ts.Lock, n), repeats)
+    logic = best(lambda: async_cycle_ns(aiologic.Lock, n), repeats)
+    local = best(lambda: async_cycle_ns(aiolocks.Lock, n), repeats)
+    local_fast = best(lambda: async_cycle_ns(lambda: aiolocks.Lock(fast_acquire=True), n), repeats)
+    print("\nuncontended async cycle (asyncio), ns (time: lower is better)")
+    print(f"  aiolocks.threadsafe.Lock       {ours:8.0f}")
+    print(f"  aiologic.Lock                  {logic:8.0f}   ratio ours/aiologic {ours / logic:.2f}")
+    print(f"  aiolocks.Lock                  {local:8.0f}   ratio ours/aiolocks {ours / local:.2f}")
+    print(f"  aiolocks.Lock(fast_acquire)    {local_fast:8.0f}")
+    rows.append(("async uncontended vs aiologic", ours / logic, "time", 1.0))
+
+    ours_b = best(lambda: blocking_cycle_ns(ts.Lock, n), repeats)
+    logic_b = best(lambda: blocking_cycle_ns(aiologic.Lock, n), repeats)
+    th = best(lambda: blocking_cycle_ns(threading.Lock, n), repeats)
+    rth = best(lambda: blocking_cycle_ns(threading.RLock, n), repeats)
+    print("\nuncontended blocking cycle (with lock:), ns")
+    print(f"  aiolocks.threadsafe.Lock       {ours_b:8.0f}")
+    print(f"  aiologic.Lock                  {logic_b:8.0f}   ratio {ours_b / logic_b:.2f}")
+    print(f"  threading.Lock                 {th:8.0f}   ratio {ours_b / th:.2f}")
+    print(f"  threading.RLock                {rth:8.0f}   ratio {ours_b / rth:.2f}")
+    rows.append(("blocking uncontended vs aiologic", ours_b / logic_b, "time", 1.0))
+
+    ours_t = best(lambda: threads_handoff_per_s(ts.Lock, 4, contended), repeats)
+    logic_t = best(lambda: threads_handoff_per_s(aiologic.Lock, 4, contended), repeats)
+    print("\n4 threads on one lock, cycles/s (throughput: higher is better)")
+    print(f"  aiolocks.threadsafe.Lock       {ours_t:10.0f}")
+    print(f"  aiologic.Lock                  {logic_t:10.0f}   ratio {ours_t / logic_t:.2f}")
+    rows.append(("threads hand-off vs aiologic", ours_t / logic_t, "throughput", 1.0))
+
+    m = contended // 10
+    ours_l = best(lambda: loops_handoff_per_s(ts.Lock, 4, 4, m), repeats)
+    logic_l = best(lambda: loops_handoff_per_s(aiologic.Lock, 4, 4, m), repeats)
+    print("\n4 asyncio loops in threads x 4 tasks on one lock, cycles/s")
+    print(f"  aiolocks.threadsafe.Lock       {ours_l:10.0f}")
+    print(f"  aiologic.Lock                  {logic_l:10.0f}   ratio {ours_l / logic_l:.2f}")
+    rows.append(("loops hand-off vs aiologic", ours_l / logic_l, "throughput", 1.0))
+
+    rw = best(lambda: read_mostly_per_s(ts.RWLock(), False, m), repeats)
+    ex = best(lambda: read_mostly_per_s(ts.Lock(), True, m), repeats)
+    lg = best(lambda: read_mostly_per_s(aiologic.Lock(), True, m), repeats)
+    print("\nread-mostly (1 write in 20), 4 loops x 2 tasks + 4 threads, acquisitions/s")
+    print(f"  aiolocks.threadsafe.RWLock     {rw:10.0f}")
+    print(f"  aiolocks.threadsafe.Lock       {ex:10.0f}   ratio RWLock/Lock {rw / ex:.2f}")
+    print(f"  aiologic.Lock (no RW lock)     {lg:10.0f}   ratio RWLock/aiologic {rw / lg:.2f}")
+
+    print("\nsummary (target: time <= 1.0, throughput >= 1.0)")
+    for what, ratio, kind, target in rows:
+        ok = ratio <= target if kind == "time" else ratio >= target
+        print(f"  {what:34s} {ratio:5.2f}  {'met' if ok else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
