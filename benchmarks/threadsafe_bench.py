@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import platform
+import subprocess
 import sys
 import threading
 import time
@@ -45,6 +47,19 @@ def async_cycle_ns(make: Callable[[], Any], n: int) -> float:
         return (time.perf_counter() - start) / n * 1e9
 
     return asyncio.run(main())
+
+
+def aiologic_checkpointed_ns(n: int, repeats: int) -> float:
+    """aiologic.Lock with its asyncio checkpoints on (off by default, where its uncontended
+    acquire never yields): measured in a child process, as the switch is read at import."""
+    code = (
+        "import aiologic, threadsafe_bench as b; "
+        f"print(b.best(lambda: b.async_cycle_ns(aiologic.Lock, {n}), {repeats}))"
+    )
+    env = {**os.environ, "AIOLOGIC_ASYNCIO_CHECKPOINTS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(__file__), env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, check=True)
+    return float(out.stdout)
 
 
 def blocking_cycle_ns(make: Callable[[], Any], n: int) -> float:
@@ -169,14 +184,20 @@ def main() -> None:
 
     ours = best(lambda: async_cycle_ns(ts.Lock, n), repeats)
     logic = best(lambda: async_cycle_ns(aiologic.Lock, n), repeats)
+    logic_cp = aiologic_checkpointed_ns(n, repeats)
     local = best(lambda: async_cycle_ns(aiolocks.Lock, n), repeats)
     local_fast = best(lambda: async_cycle_ns(lambda: aiolocks.Lock(fast_acquire=True), n), repeats)
     print("\nuncontended async cycle (asyncio), ns (time: lower is better)")
     print(f"  aiolocks.threadsafe.Lock       {ours:8.0f}")
-    print(f"  aiologic.Lock                  {logic:8.0f}   ratio ours/aiologic {ours / logic:.2f}")
+    print(f"  aiologic.Lock (no yield)       {logic:8.0f}   ratio ours/aiologic {ours / logic:.2f}")
+    print(
+        f"  aiologic.Lock (checkpoints on) {logic_cp:8.0f}   "
+        f"ratio ours/aiologic {ours / logic_cp:.2f}"
+    )
     print(f"  aiolocks.Lock                  {local:8.0f}   ratio ours/aiolocks {ours / local:.2f}")
     print(f"  aiolocks.Lock(fast_acquire)    {local_fast:8.0f}")
     rows.append(("async uncontended vs aiologic", ours / logic, "time", 1.0))
+    rows.append(("  (both yielding)", ours / logic_cp, "time", 1.0))
 
     ours_b = best(lambda: blocking_cycle_ns(ts.Lock, n), repeats)
     logic_b = best(lambda: blocking_cycle_ns(aiologic.Lock, n), repeats)
