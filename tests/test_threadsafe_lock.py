@@ -17,6 +17,8 @@ import anyio
 import pytest
 import trio
 
+import aiolocks
+import aiolocks.debug
 from _threads import DEADLINE, LoopThread, TrioThread, loop_threads, start_thread, wait_until
 from aiolocks import DeadlockError
 from aiolocks.threadsafe import Lock
@@ -390,3 +392,53 @@ def test_cancelled_cross_loop_waiters_never_keep_the_lock() -> None:
     assert not lock.locked()
     assert _waiting(lock) == 0
     lock._check_invariants()
+
+
+# --- with the rest of aiolocks -----------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_lock_collection_takes_threadsafe_locks_and_refuses_duplicates(
+    anyio_backend: Any,
+) -> None:
+    from aiolocks import LockCollection, TaskKey
+    from aiolocks.threadsafe import RWLock
+
+    lock, rw = Lock(), RWLock()
+    collection = LockCollection(lock, rw.writer, aiolocks.Lock())
+    with anyio.fail_after(DEADLINE):
+        async with collection.lock(TaskKey.get()):
+            assert lock.locked()
+            assert rw.writer.locked()
+            assert await anyio.to_thread.run_sync(lambda: lock.acquire_blocking(0)) is False
+    assert not lock.locked()
+    assert not rw.writer.locked()
+    with pytest.raises(ValueError, match="name the same lock"):
+        LockCollection(rw.reader, rw.writer)
+    LockCollection(rw.reader, rw.reader)  # read views only: allowed
+
+
+@pytest.mark.anyio
+async def test_debug_snapshot_lists_threadsafe_locks_with_holders_and_waiters(
+    anyio_backend: Any,
+) -> None:
+    lock = Lock(name="shared-by-threads")
+    lock.acquire_nowait()
+    with anyio.fail_after(DEADLINE):
+        async with anyio.create_task_group() as tg:
+
+            def take_and_release() -> None:
+                with lock:
+                    pass
+
+            tg.start_soon(anyio.to_thread.run_sync, take_and_release)
+            while _waiting(lock) < 1:
+                await anyio.sleep(0.001)
+            (info,) = [p for p in aiolocks.debug.snapshot() if p.name == "shared-by-threads"]
+            assert info.kind == "threadsafe.Lock"
+            assert [h.task for h in info.holders] == [anyio.get_current_task().name]
+            assert len(info.waiters) == 1
+            assert info.waiters[0].task.startswith("thread ")
+            assert 0 <= info.waiters[0].waited < DEADLINE
+            lock.release()
+    assert not lock.locked()

@@ -75,6 +75,10 @@ class _Member:
         if isinstance(lock, (ReadLock, WriteLock)):
             self.ident = lock._rw
             self.shared = isinstance(lock, ReadLock)
+        elif hasattr(lock, "_collection_view"):  # aiolocks.threadsafe: (underlying, shared)
+            self.ident, self.shared = lock._collection_view()
+            self.acquire_nowait = lock.acquire_nowait
+            return
         self.acquire_nowait = _nowait_of(lock)
 
 

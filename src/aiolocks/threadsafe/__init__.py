@@ -9,6 +9,6 @@ tasks of any asyncio loops (in any threads, uvloop included), from trio, and fro
 from __future__ import annotations
 
 from ._lock import Lock
-from ._rwlock import RWLock
+from ._rwlock import ReadLock, RWLock, UpgradableLock, WriteLock
 
-__all__ = ["Lock", "RWLock"]
+__all__ = ["Lock", "RWLock", "ReadLock", "UpgradableLock", "WriteLock"]

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
+import time
 import weakref
 from _thread import allocate_lock, get_ident
 from collections import OrderedDict
@@ -64,6 +65,7 @@ FAILED = 2  # the lock broke under it; wakes up with ``error``
 GONE = 3  # left the queue (cancelled or timed out before any grant)
 
 _get_running_loop = asyncio._get_running_loop
+_now = time.monotonic
 
 
 # -- owners -------------------------------------------------------------------------------------
@@ -230,7 +232,7 @@ class Waiter:
         self.kind = kind  # _ASYNCIO, _TRIO or _THREAD
         self.where = where  # the asyncio loop, the TrioToken, or the park lock of a thread
         self.park: Any = None  # the asyncio future (asyncio side)
-        self.since = 0.0
+        self.since = _now()  # for aiolocks.debug.snapshot()
 
     @property
     def task(self) -> Any:  # the names aiolocks.debug reads

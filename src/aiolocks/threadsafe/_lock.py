@@ -264,6 +264,10 @@ class Lock(Primitive):
                 assert not self._q, "waiters queued on a broken lock"
             assert all(w.state == 0 for w in self._q), "a stale waiter queued"
 
+    def _collection_view(self) -> tuple[Any, bool]:
+        """What ``LockCollection`` orders and de-duplicates by: (the lock, not shared)."""
+        return self, False
+
     # -- aiolocks.debug ---------------------------------------------------------------------------
 
     _debug_kind = "threadsafe.Lock"

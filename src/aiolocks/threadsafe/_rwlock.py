@@ -539,6 +539,9 @@ class ReadLock(_View):
         """Return True if a task or thread holds read."""
         return bool(self._rw._readers)
 
+    def _collection_view(self) -> tuple[Any, bool]:
+        return self._rw, True
+
 
 @final
 class WriteLock(_View):
@@ -550,6 +553,9 @@ class WriteLock(_View):
     def locked(self) -> bool:
         """Return True if a task or thread holds write."""
         return self._rw._writer is not None
+
+    def _collection_view(self) -> tuple[Any, bool]:
+        return self._rw, False
 
     def statistics(self) -> LockStatistics:  # type: ignore[override]
         """anyio's shape: ``locked``, ``owner`` (the writer), ``tasks_waiting`` (all queued)."""
