@@ -90,6 +90,16 @@ def _ts_rw_reader() -> Made:
     return Made(rw.reader, rw._check_invariants)
 
 
+def _ts_condition() -> Made:
+    cond = aiolocks.threadsafe.Condition()
+    return Made(cond, cond._prim._check_invariants)
+
+
+def _ts_condition_writer() -> Made:
+    rw = aiolocks.threadsafe.RWLock()
+    return Made(aiolocks.threadsafe.Condition(rw.writer), rw._check_invariants)
+
+
 FACTORIES: list[LockFactory] = [
     LockFactory("Lock", _lock, exclusive=True),
     LockFactory("Lock-fast", lambda: _lock(fast_acquire=True), exclusive=True, fast_acquire=True),
@@ -106,6 +116,8 @@ FACTORIES: list[LockFactory] = [
     LockFactory("threadsafe.Lock", _ts_lock, exclusive=True),
     LockFactory("threadsafe.RWLock.writer", _ts_rw_writer, exclusive=True),
     LockFactory("threadsafe.RWLock.reader", _ts_rw_reader, exclusive=False),
+    LockFactory("threadsafe.Condition", _ts_condition, exclusive=True),
+    LockFactory("threadsafe.Condition(RWLock.writer)", _ts_condition_writer, exclusive=True),
 ]
 
 

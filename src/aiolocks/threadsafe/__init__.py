@@ -8,7 +8,8 @@ tasks of any asyncio loops (in any threads, uvloop included), from trio, and fro
 
 from __future__ import annotations
 
+from ._condition import Condition
 from ._lock import Lock
 from ._rwlock import ReadLock, RWLock, UpgradableLock, WriteLock
 
-__all__ = ["Lock", "RWLock", "ReadLock", "UpgradableLock", "WriteLock"]
+__all__ = ["Condition", "Lock", "RWLock", "ReadLock", "UpgradableLock", "WriteLock"]

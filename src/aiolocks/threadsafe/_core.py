@@ -300,7 +300,7 @@ class Primitive:
       exited holding (they are removed and failed), or None if ``owner`` holds nothing.
     """
 
-    __slots__ = ("__weakref__", "_broken", "_cs", "_q", "_watched")
+    __slots__ = ("__weakref__", "_broken", "_conds", "_cs", "_q", "_watched")
 
     def __init__(self) -> None:
         self._cs = allocate_lock()
@@ -308,6 +308,7 @@ class Primitive:
         self._q: OrderedDict[Waiter, None] = OrderedDict()
         self._broken: str | None = None  # why, once an owner exited holding
         self._watched: set[Any] = set()  # owners whose exit we listen for
+        self._conds: list[Any] = []  # Conditions over this lock (their waiters fail if it breaks)
         LIVE.add(self)
 
     # hooks ------------------------------------------------------------------------------------
@@ -478,6 +479,8 @@ class Primitive:
                 waiter.state = FAILED
                 waiter.error = BrokenResourceError(message)
                 del self._q[waiter]
+            for cond in self._conds:
+                victims += cond._lock_broken()
             granted = self._admit()  # those that waited behind a failed request may go now
         for waiter in victims:
             waiter.wake()

@@ -264,6 +264,20 @@ class Lock(Primitive):
                 assert not self._q, "waiters queued on a broken lock"
             assert all(w.state == 0 for w in self._q), "a stale waiter queued"
 
+    # -- the condition port (see _condition.py; called with _cs held) --------------------------
+
+    def _cv_holds(self, owner: Any) -> bool:
+        return self._owner is owner
+
+    def _cv_take(self, owner: Any) -> tuple[int, Any] | None:
+        if self._owner is not owner:
+            return None
+        self._owner = self._home = None
+        return 1, None
+
+    def _cv_restore(self, owner: Any, levels: int) -> None:
+        pass
+
     def _collection_view(self) -> tuple[Any, bool]:
         """What ``LockCollection`` orders and de-duplicates by: (the lock, not shared)."""
         return self, False

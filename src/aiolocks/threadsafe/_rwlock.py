@@ -392,6 +392,24 @@ class RWLock(Primitive):
             return [w for w in self._q if w.mode in (WRITE, UPGRADE)]
         return None
 
+    # -- the condition port (see _condition.py; called with _cs held) --------------------------
+
+    def _cv_holds(self, owner: Any) -> bool:
+        return self._writer is owner
+
+    def _cv_take(self, owner: Any) -> tuple[int, str] | None:
+        if self._writer is not owner:
+            return None
+        levels = self._wlevels
+        mode = UPGRADE if self._upgradable is owner else WRITE
+        self._writer = self._whome = None
+        self._wlevels = 0
+        self._version += 1
+        return levels, mode
+
+    def _cv_restore(self, owner: Any, levels: int) -> None:
+        self._wlevels = levels
+
     # -- inspection -------------------------------------------------------------------------------
 
     def statistics(self) -> RWLockStatistics:
