@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,3 +26,17 @@ if sys.platform != "win32":
 @pytest.fixture(params=_BACKENDS)
 def anyio_backend(request: pytest.FixtureRequest) -> Any:
     return request.param
+
+
+@pytest.fixture
+def debug_off() -> Iterator[None]:
+    """Debug mode off for one test; the session's own mode (``--aiolocks-debug``) is restored."""
+    from aiolocks import debug
+
+    was_on = debug.enabled()
+    debug.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            debug.enable()

@@ -40,17 +40,6 @@ def debug_mode() -> Iterator[None]:
             dbg.enable()
 
 
-@pytest.fixture
-def debug_off() -> Iterator[None]:
-    was_on = dbg.enabled()
-    dbg.disable()
-    try:
-        yield
-    finally:
-        if was_on:
-            dbg.enable()
-
-
 def info(name: str, kind: str | None = None) -> dbg.PrimitiveInfo:
     gc.collect()  # locks of earlier tests (and backends) may linger in reference cycles
     found = [p for p in dbg.snapshot() if p.name == name and kind in (None, p.kind)]

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 from weakref import WeakKeyDictionary
 
-from . import _queue
-from ._backend import LIVE, READY, current_task, task_name
+from . import _patch, _queue
+from ._backend import LIVE, current_task, task_name
 from ._common import name_of
 from ._condition import Condition
 from ._exceptions import DeadlockError, LockOrderError, LockOrderWarning
@@ -493,14 +493,6 @@ def _releasing(orig: Callable[..., Any], mode: str) -> Callable[..., Any]:
     return release
 
 
-def _exiting(orig: Callable[..., Any], mode: str) -> Callable[..., Any]:
-    def __aexit__(self: Any, *exc_info: Any) -> Any:
-        self.release()  # the original's fast path would bypass the instrumented release()
-        return READY
-
-    return __aexit__
-
-
 def _downgrading(orig: Callable[..., Any], mode: str) -> Callable[..., Any]:
     def downgrade(self: Any) -> None:
         orig(self)
@@ -576,7 +568,7 @@ def _cond_waiting(orig: Callable[..., Any], mode: str) -> Callable[..., Any]:
     return wait
 
 
-_PLAN: list[tuple[type, str, Callable[[Callable[..., Any], str], Callable[..., Any]], str]] = []
+_PLAN: _patch.Plan = []
 for _cls, _mode in (
     (Lock, "exclusive"),
     (ReadLock, "read"),
@@ -587,7 +579,7 @@ for _cls, _mode in (
         (_cls, "__aenter__", _acquiring, _mode),
         (_cls, "acquire_nowait", _acquiring_nowait, _mode),
         (_cls, "release", _releasing, _mode),
-        (_cls, "__aexit__", _exiting, _mode),
+        (_cls, "__aexit__", _patch.release_on_exit, _mode),
     ]
 _PLAN += [
     (WriteLock, "downgrade", _downgrading, "write"),
@@ -597,32 +589,8 @@ _PLAN += [
 ]
 del _cls, _mode
 
-# (class, method name) -> what the class's own dict held before enable() (None: inherited)
-_saved: dict[tuple[type, str], Any] = {}
-
-
-def _install() -> None:
-    for cls, name, wrap, mode in _PLAN:
-        if (cls, name) in _saved:
-            continue
-        own = cls.__dict__.get(name)
-        orig = getattr(cls, name)
-        wrapper = wrap(orig, mode)
-        wrapper.__name__ = name
-        wrapper.__qualname__ = f"{cls.__qualname__}.{name}"
-        wrapper.__doc__ = orig.__doc__
-        wrapper.__wrapped__ = orig  # type: ignore[attr-defined]
-        _saved[(cls, name)] = own
-        setattr(cls, name, wrapper)
-
-
-def _uninstall() -> None:
-    for (cls, name), own in _saved.items():
-        if own is None:
-            delattr(cls, name)
-        else:
-            setattr(cls, name, own)
-    _saved.clear()
+#: The order of debug mode among the layers of instrumented methods (innermost).
+_LAYER = 0
 
 
 # -- the switch ----------------------------------------------------------------------------------
@@ -659,7 +627,7 @@ def enable(*, on_inversion: str = "raise") -> None:
         return
     _state = _State(on_inversion)
     _queue.waiting = {}
-    _install()
+    _patch.install(_LAYER, _PLAN)
 
 
 def disable() -> None:
@@ -668,7 +636,7 @@ def disable() -> None:
     .. versionadded:: 0.1
     """
     global _state
-    _uninstall()
+    _patch.uninstall(_LAYER)
     _queue.waiting = None
     _state = None
 
