@@ -40,3 +40,23 @@ def debug_off() -> Iterator[None]:
     finally:
         if was_on:
             debug.enable()
+
+
+@pytest.fixture
+def metrics() -> Iterator[Any]:
+    """aiolocks instrumented for one test, into an in-memory reader (a ``_metrics.Metrics``)."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from _metrics import Metrics
+    from aiolocks.telemetry import AiolocksInstrumentor
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    instrumentor = AiolocksInstrumentor()
+    instrumentor.instrument(meter_provider=provider)
+    try:
+        yield Metrics(reader)
+    finally:
+        instrumentor.uninstrument()
+        provider.shutdown()
