@@ -40,9 +40,9 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, final
-from weakref import WeakKeyDictionary
+from weakref import ref
 
 try:
     from opentelemetry import metrics as _otel
@@ -75,19 +75,19 @@ Attributes = Mapping[str, str]
 
 
 class _Series:
-    """The attribute sets of one lock view: ``base`` and one per outcome."""
+    """One set of (lock.name, lock.kind, lock.mode): its counts, kept here and observed by the
+    asynchronous instruments when the metrics are collected (no call into OpenTelemetry per
+    acquisition for them)."""
 
-    __slots__ = ("base", "outcomes")
+    __slots__ = ("base", "counts", "waiting")
 
     def __init__(self, name: str, kind: str, mode: str) -> None:
         self.base: Attributes = {"lock.name": name, "lock.kind": kind, "lock.mode": mode}
-        self.outcomes: dict[str, Attributes] = {}
+        self.counts: dict[str, int] = {}  # outcome -> acquisitions
+        self.waiting = 0
 
-    def outcome(self, outcome: str) -> Attributes:
-        attrs = self.outcomes.get(outcome)
-        if attrs is None:
-            attrs = self.outcomes[outcome] = {**self.base, "outcome": outcome}
-        return attrs
+    def count(self, outcome: str) -> None:
+        self.counts[outcome] = self.counts.get(outcome, 0) + 1
 
 
 class _Meters:
@@ -109,23 +109,44 @@ class _Meters:
         self.hold = histogram(
             "aiolocks.lock.hold.duration", "Time from acquiring a lock to releasing it"
         )
-        self.acquisitions = meter.create_counter(
-            "aiolocks.lock.acquisitions", unit="{acquisition}",
+        meter.create_observable_counter(
+            "aiolocks.lock.acquisitions", callbacks=[self._acquisitions], unit="{acquisition}",
             description="Lock acquisitions, by outcome",
         )  # fmt: skip
-        self.waiting = meter.create_up_down_counter(
-            "aiolocks.lock.waiting", unit="{task}",
+        meter.create_observable_up_down_counter(
+            "aiolocks.lock.waiting", callbacks=[self._waiting], unit="{task}",
             description="Tasks waiting to acquire a lock now",
         )  # fmt: skip
-        self.series: WeakKeyDictionary[Any, _Series] = WeakKeyDictionary()
+        # Every series ever seen: few (unnamed locks share their kind's), and kept, since the
+        # counts are cumulative.
+        self.all: dict[tuple[str, str, str], _Series] = {}
+        # id(view) -> (weak reference to the view, its series); a view's entry leaves with it
+        self.series: dict[int, tuple[ref[Any], _Series]] = {}
         # (task, lock view) -> when each of its holds began, oldest first (re-entrant holds)
         self.holds: dict[tuple[Any, Any], list[float]] = {}
 
     def of(self, view: Any, mode: str) -> _Series:
-        series = self.series.get(view)
+        entry = self.series.get(id(view))
+        if entry is not None and entry[0]() is view:
+            return entry[1]
+        key = _describe(view, mode)
+        series = self.all.get(key)
         if series is None:
-            series = self.series[view] = _describe(view, mode)
+            series = self.all[key] = _Series(*key)
+        ident, table = id(view), self.series
+        table[ident] = (ref(view, lambda _: table.pop(ident, None)), series)
         return series
+
+    # The callbacks may run in the exporter's thread: they copy before they iterate.
+
+    def _acquisitions(self, options: Any) -> Iterator[_otel.Observation]:
+        for series in list(self.all.values()):
+            for outcome, n in list(series.counts.items()):
+                yield _otel.Observation(n, {**series.base, "outcome": outcome})
+
+    def _waiting(self, options: Any) -> Iterator[_otel.Observation]:
+        for series in list(self.all.values()):
+            yield _otel.Observation(series.waiting, series.base)
 
     def begin_hold(self, task: Any, view: Any, at: float) -> None:
         key = (task, view)
@@ -137,7 +158,7 @@ class _Meters:
 
     def end_hold(self, task: Any, view: Any, series: _Series, lost: bool = False) -> None:
         if lost:  # the release reported the hold lost (a PostgreSQL lock)
-            self.acquisitions.add(1, series.outcome("lost"))
+            series.count("lost")
         key = (task, view)
         starts = self.holds.get(key)
         if not starts:
@@ -151,19 +172,19 @@ class _Meters:
 _meters: _Meters | None = None
 
 
-def _describe(view: Any, mode: str) -> _Series:
+def _describe(view: Any, mode: str) -> tuple[str, str, str]:
     """lock.name, lock.kind and lock.mode of a lock view."""
     pg_kind = getattr(view, "_kind", None)
     if pg_kind is not None:  # an aiolocks.postgres view: always named
         kind = "PostgresLock" if pg_kind == "lock" else "PostgresRWLock"
         if mode == "":
             mode = "exclusive" if kind == "PostgresLock" else "write"
-        return _Series(view.name, kind, mode)
+        return (view.name, kind, mode)
     prim = getattr(view, "_rw", view)
     kind = "Lock" if isinstance(prim, Lock) else "RWLock"
     table = table_of(prim)  # a keyed table's entries report under the table's name
     name = name_of(prim) if table is None else table.name
-    return _Series(name or kind, kind, mode)
+    return (name or kind, kind, mode)
 
 
 def _outcome(exc: BaseException) -> str | None:
@@ -201,21 +222,21 @@ def _acquiring(task_of_view: Callable[[Any], Any]) -> _patch.Wrap:
                 await orig(self)
                 return
             series = m.of(self, mode)
-            m.waiting.add(1, series.base)
+            series.waiting += 1
             began = _clock()
             try:
                 await orig(self)
             except BaseException as exc:
-                m.waiting.add(-1, series.base)
+                series.waiting -= 1
                 outcome = _outcome(exc)
                 if outcome is not None:
                     m.wait.record(_clock() - began, series.base)
-                    m.acquisitions.add(1, series.outcome(outcome))
+                    series.count(outcome)
                 raise
             now = _clock()
-            m.waiting.add(-1, series.base)
+            series.waiting -= 1
             m.wait.record(now - began, series.base)
-            m.acquisitions.add(1, series.outcome("acquired"))
+            series.count("acquired")
             m.begin_hold(task_of_view(self), self, now)
 
         return acquire
@@ -231,10 +252,10 @@ def _acquiring_nowait(task_of_view: Callable[[Any], Any]) -> _patch.Wrap:
                 orig(self)
             except (DeadlockError, LockLostError) as exc:
                 if m is not None:
-                    m.acquisitions.add(1, m.of(self, mode).outcome(_outcome(exc) or ""))
+                    m.of(self, mode).count(_outcome(exc) or "")
                 raise
             if m is not None:
-                m.acquisitions.add(1, m.of(self, mode).outcome("acquired"))
+                m.of(self, mode).count("acquired")
                 m.begin_hold(task_of_view(self), self, _clock())
 
         return acquire_nowait
