@@ -39,6 +39,7 @@ from . import _patch, _queue
 from ._backend import LIVE, current_task, task_name
 from ._common import name_of
 from ._condition import Condition
+from ._dump import dump_on_signal
 from ._exceptions import DeadlockError, LockOrderError, LockOrderWarning
 from ._lock import Lock
 from ._rwlock import ReadLock, UpgradableLock, WriteLock
@@ -50,6 +51,7 @@ __all__ = [
     "WaiterInfo",
     "disable",
     "dump",
+    "dump_on_signal",
     "enable",
     "enabled",
     "snapshot",
@@ -665,10 +667,14 @@ def snapshot() -> list[PrimitiveInfo]:
 
     .. versionadded:: 0.1
     """
+    return _snapshot(list(LIVE))
+
+
+def _snapshot(prims: list[Any]) -> list[PrimitiveInfo]:
     st = _state
     now = time.monotonic()
     out = []
-    for prim in list(LIVE):
+    for prim in prims:
         holders = []
         for task, mode in prim._debug_holders():
             hold = None
@@ -704,10 +710,10 @@ def snapshot() -> list[PrimitiveInfo]:
     return out
 
 
-def _deadlocks() -> list[str]:
+def _deadlocks(prims: list[Any]) -> list[str]:
     """Cycles of tasks waiting on each other right now, from the primitives' own state."""
     waiting: dict[Any, Any] = {}
-    for prim in list(LIVE):
+    for prim in prims:
         for w, _ in prim._debug_waiters():
             waiting[w.task] = w
     found: list[str] = []
@@ -740,14 +746,17 @@ def dump(file: TextIO | None = None) -> None:
 
     .. versionadded:: 0.1
     """
-    out = sys.stderr if file is None else file
-    prims = snapshot()
+    print("\n".join(_dump_lines(list(LIVE))), file=sys.stderr if file is None else file)
+
+
+def _dump_lines(live: list[Any]) -> list[str]:
+    prims = _snapshot(live)
     busy = [p for p in prims if p.holders or p.waiters]
     lines = [
         f"aiolocks: {len(busy)} primitive(s) in use, {len(prims) - len(busy)} idle"
         + ("" if _state is not None else " (debug mode off: no sites or hold times)")
     ]
-    for cycle in _deadlocks():
+    for cycle in _deadlocks(live):
         lines.append(f"DEADLOCK: {cycle}")
     now = time.time()
     for p in busy:
@@ -771,7 +780,7 @@ def dump(file: TextIO | None = None) -> None:
             if w.site:
                 line += f" at {w.site}"
             lines.append(line)
-    print("\n".join(lines), file=out)
+    return lines
 
 
 def _enable_from_environment(value: str) -> None:
