@@ -204,3 +204,31 @@ def test_environment_variable_installs_it_at_import(value: str, installed: bool)
         if value:
             assert "AIOLOCKS_DUMP_SIGNAL=" in proc.stderr
             assert "USR1" in proc.stderr  # what to write instead
+
+
+def test_every_loop_of_the_process_is_dumped_on_its_own_thread() -> None:
+    """trio in the main thread, an asyncio (uvloop) loop in a thread, a blocked loop."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "_dump_loops_script.py")],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "exited normally"
+    out = proc.stderr
+    print(out)
+    assert "aiolocks: dump on SIGUSR2" in out
+    assert "3 loop(s)" in out
+    sections = out.split("=== ")[1:]
+    trio_dump = next(s for s in sections if s.startswith("trio run"))
+    assert "RWLock 'trio-rw'\n    held    read" in trio_dump
+    assert "waiting write" in trio_dump
+    assert "in reader\n      await trio.to_thread.run_sync(done.wait)" in trio_dump
+    assert "in writer\n      async with rw.writer:" in trio_dump
+    loop_dump = next(s for s in sections if "thread-lock" in s)
+    assert "Lock 'thread-lock'\n    held    exclusive" in loop_dump
+    assert "'MainThread'" not in loop_dump  # printed from the loop's own thread
+    blocked = next(s for s in sections if "did not run the dump within" in s)
+    assert "in main\n      done.wait()  # a synchronous wait" in blocked
