@@ -18,9 +18,10 @@ from weakref import WeakValueDictionary
 from ._backend import READY
 from ._common import check_flag, set_name
 from ._lock import Lock
+from ._lockclass import LockClass, Pins
 from ._rwlock import ReadLock, RWLock, UpgradableLock, WriteLock
 
-__all__ = ["KeyedLock", "KeyedRWLock", "table_of"]
+__all__ = ["KeyedLock", "KeyedRWLock"]
 
 L = TypeVar("L", Lock, RWLock)
 if TYPE_CHECKING:  # a default, so that an unannotated KeyedRWLock() is KeyedRWLock[Hashable]
@@ -65,24 +66,6 @@ class _Pinning:
         return READY
 
 
-class _Pins(dict[int, Any]):
-    """A table's pinned locks, by id.  One per table, every entry refers to it: diagnostics use
-    it as the entries' *lock class* (see :func:`table_of`)."""
-
-    __slots__ = ("kind", "name")
-
-    def __init__(self, kind: str, name: str | None) -> None:
-        super().__init__()
-        self.kind = kind  # the table's class name
-        self.name = name  # the table's name=
-
-
-def table_of(prim: object) -> _Pins | None:
-    """The lock class of ``prim`` (a lock or an RWLock) if a keyed table made it, else None."""
-    pins = getattr(getattr(prim, "_rv", prim), "_pins", None)
-    return pins if isinstance(pins, _Pins) else None
-
-
 class _PinnedLock(_Pinning, Lock):  # type: ignore[misc]
     __slots__ = ("_pins",)
 
@@ -110,7 +93,8 @@ class _Keyed(Generic[L, K]):
         self._name = name
         self._make: Callable[[dict[int, Any]], L] = make
         self._table: WeakValueDictionary[K, L] = WeakValueDictionary()
-        self._pinned = _Pins(type(self).__name__, name)  # locks acquired since the last sweep
+        # id -> lock, for locks acquired since the last sweep; carries the entries' lock class
+        self._pinned = Pins(LockClass(type(self).__name__, name))
         self._swept = 0  # how many stayed pinned after the last sweep
 
     def __getitem__(self, key: K) -> L:

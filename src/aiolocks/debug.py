@@ -42,6 +42,7 @@ from ._condition import Condition
 from ._dump import dump_on_signal
 from ._exceptions import DeadlockError, LockOrderError, LockOrderWarning
 from ._lock import Lock
+from ._lockclass import LockClass, class_of
 from ._rwlock import ReadLock, UpgradableLock, WriteLock
 
 __all__ = [
@@ -219,6 +220,8 @@ def _stack() -> str:
 
 
 def _describe(prim: Any) -> str:
+    if isinstance(prim, LockClass):
+        return repr(prim)
     name = name_of(prim)
     kind = getattr(prim, "_debug_kind", type(prim).__name__)
     return f"{kind} {name!r}" if name else f"{kind} at {id(prim):#x}"
@@ -330,24 +333,42 @@ _READ_READ = (
 )
 
 
+def _node(prim: Any) -> Any:
+    """What orders are learnt on: a keyed table's entries all stand for their lock class."""
+    return class_of(prim) or prim
+
+
 def _check_order(st: _State, task: Any, prim: Any, mode: str, site: str | None) -> None:
     held = st.held.get(task)
     if not held or any(h.prim is prim for h in held):
         return  # nothing held, or re-entrant: not a new order
-    targets = {id(h.prim): h for h in held}
-    path = _order_path(st, prim, targets)
-    if path:
-        _report_inversion(st, task, prim, mode, site, targets[id(path[-1][1])], path)
-        return
-    stack: str | None = None
+    node = _node(prim)
+    # Orders between lock classes are learnt on the classes (a keyed table's entries all
+    # stand for theirs); between two entries of one table, on the entries, while they live.
+    other: dict[int, tuple[_Hold, Any]] = {}  # id(node held) -> (oldest hold of it, node)
+    same: dict[int, tuple[_Hold, Any]] = {}  # id(entry held) -> (hold, entry): prim's table
     for h in held:
-        edges = st.after.get(h.prim)
-        if edges is None:
-            edges = st.after[h.prim] = WeakKeyDictionary()
-        if prim not in edges:
-            if stack is None:
-                stack = _stack()
-            edges[prim] = _Edge(h, mode, site, task_name(task), stack)
+        held_node = _node(h.prim)
+        if held_node is node:
+            same.setdefault(id(h.prim), (h, h.prim))
+        else:
+            other.setdefault(id(held_node), (h, held_node))
+    for start, sources in ((node, other), (prim, same)):
+        targets = {ident: h for ident, (h, _) in sources.items()}
+        path = _order_path(st, start, targets) if targets else []
+        if path:
+            _report_inversion(st, task, prim, mode, site, targets[id(path[-1][1])], path)
+            return
+    stack: str | None = None
+    for sources, b in ((other, node), (same, prim)):
+        for h, a in sources.values():
+            edges = st.after.get(a)
+            if edges is None:
+                edges = st.after[a] = WeakKeyDictionary()
+            if b not in edges:
+                if stack is None:
+                    stack = _stack()
+                edges[b] = _Edge(h, mode, site, task_name(task), stack)
 
 
 def _report_inversion(

@@ -58,8 +58,8 @@ from ._backend import current_task, task_of
 from ._common import name_of
 from ._condition import Condition
 from ._exceptions import DeadlockError, LockLostError, LockOrderError
-from ._keyed import table_of
 from ._lock import Lock
+from ._lockclass import class_of
 from ._rwlock import ReadLock, UpgradableLock, WriteLock
 
 __all__ = ["AiolocksInstrumentor"]
@@ -182,7 +182,7 @@ def _describe(view: Any, mode: str) -> tuple[str, str, str]:
         return (view.name, kind, mode)
     prim = getattr(view, "_rw", view)
     kind = "Lock" if isinstance(prim, Lock) else "RWLock"
-    table = table_of(prim)  # a keyed table's entries report under the table's name
+    table = class_of(prim)  # a keyed table's entries report under the table's name
     name = name_of(prim) if table is None else table.name
     return (name or kind, kind, mode)
 
