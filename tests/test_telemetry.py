@@ -29,6 +29,7 @@ from aiolocks import (
     WriteLock,
 )
 from aiolocks import debug as dbg
+from aiolocks import telemetry
 from aiolocks.telemetry import AiolocksInstrumentor
 
 pytestmark = pytest.mark.anyio
@@ -256,6 +257,8 @@ async def test_random_cancellations_leave_exact_counts(metrics: Metrics) -> None
     assert metrics.count("rrandom", "write", "cancelled") == tally["wcan"]
     assert metrics.histogram(HOLD, "random", "exclusive").count == tally["acquired"]
     assert set(metrics.waiting().values()) == {0}
+    assert telemetry._meters is not None
+    assert telemetry._meters.holds == {}  # every hold that began has ended: nothing kept
 
 
 # -- the switch ----------------------------------------------------------------------------------
