@@ -232,3 +232,47 @@ def test_every_loop_of_the_process_is_dumped_on_its_own_thread() -> None:
     assert "'MainThread'" not in loop_dump  # printed from the loop's own thread
     blocked = next(s for s in sections if "did not run the dump within" in s)
     assert "in main\n      done.wait()  # a synchronous wait" in blocked
+
+
+FORKED = """
+import asyncio, os, signal, sys
+import aiolocks, aiolocks.debug
+
+aiolocks.debug.dump_on_signal(signal.SIGUSR1)  # before the fork, as gunicorn --preload does
+pid = os.fork()
+if pid == 0:
+    lock = aiolocks.Lock(name="in-the-worker")
+
+    async def main():
+        async def holder():
+            async with lock:
+                await asyncio.sleep(3)
+
+        async def waiter():
+            async with lock:
+                pass
+
+        tasks = [asyncio.create_task(holder()), asyncio.create_task(waiter())]
+        await asyncio.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        await asyncio.sleep(1)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(main())
+    print("child", os.getpid(), flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_forked_worker_dumps_on_the_signal() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", FORKED], capture_output=True, text=True, timeout=30
+    )
+    assert proc.returncode == 0, proc.stderr
+    (child,) = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("child")]
+    assert f"aiolocks: dump on SIGUSR1 (pid {child})" in proc.stderr
+    assert "Lock 'in-the-worker'\n    held    exclusive" in proc.stderr

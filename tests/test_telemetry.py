@@ -27,9 +27,9 @@ from aiolocks import (
     RWLock,
     UpgradableLock,
     WriteLock,
+    telemetry,
 )
 from aiolocks import debug as dbg
-from aiolocks import telemetry
 from aiolocks.telemetry import AiolocksInstrumentor
 
 pytestmark = pytest.mark.anyio

@@ -69,6 +69,7 @@ def dump_on_signal(signum: int = signal.SIGUSR1, *, file: TextIO | None = None) 
         file: where to print (``sys.stderr``, looked up at each dump, by default).
 
     Raises:
+        TypeError: ``signum`` is not a signal number (write ``signal.SIGUSR1``).
         ValueError: ``signum`` is not a signal that can be caught (SIGKILL, SIGSTOP, an
             unknown number), or this is not the main thread (Python delivers signals there:
             call it at start-up).
@@ -153,6 +154,9 @@ def _after_fork_in_child() -> None:
     _pending.clear()
     _trio_tokens.clear()
     if _files:
+        if _pipe is not None:
+            for fd in _pipe:
+                os.close(fd)
         _pipe, _watcher = None, None
         _start_watcher()
 
@@ -205,7 +209,10 @@ def _dump_everywhere(signum: int, main_loop: Any, main_token: Any) -> None:
     tokens = dict(_trio_tokens)
     if main_token is not None:
         tokens[threading.main_thread().ident or 0] = main_token
-    name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else signum
+    try:
+        name: object = signal.Signals(signum).name
+    except ValueError:  # a real-time signal has no name
+        name = signum
     head = f"aiolocks: dump on {name} (pid {os.getpid()}): {len(loops) + len(tokens)} loop(s)"
     trio_threads = {prim._tid for prim in live if prim._loop is TRIO}
     unknown = sorted(trio_threads - set(tokens))
