@@ -202,11 +202,14 @@ async def test_condition_lock_reports_under_its_name_and_wait_ends_the_hold(
                 items.append(1)
                 cond.notify()
     wall = time.perf_counter() - started
-    assert metrics.count("queue", "exclusive", "acquired", kind="Lock") >= 2
+    # the consumer and the producer; the notified consumer was moved into the lock's queue
+    # and woke up holding it (no second acquire)
+    assert metrics.count("queue", "exclusive", "acquired", kind="Lock") == 2
     hold = metrics.histogram(HOLD, "queue", "exclusive")
     # the consumer's hold before and after its sleep, and the producer's; the sleep is not in
     assert hold.count == 3
-    assert hold.sum <= wall - slept[0] + 0.01
+    assert hold.max < slept[0]  # with the sleep in, the consumer's hold would be longer
+    assert hold.sum <= wall
     assert metrics.waiting() == {"queue": 0}
 
 
@@ -245,9 +248,12 @@ async def test_random_cancellations_leave_exact_counts(metrics: Metrics) -> None
             await anyio.lowlevel.checkpoint()
 
     with anyio.fail_after(30):
-        async with anyio.create_task_group() as tg:
-            for i in range(30):
-                tg.start_soon(worker, i)
+        for _ in range(20):  # rounds until every case happened (the timing decides which)
+            async with anyio.create_task_group() as tg:
+                for i in range(30):
+                    tg.start_soon(worker, i)
+            if min(tally.values()) > 0:
+                break
     assert min(tally.values()) > 0, tally  # every case happened
     assert metrics.count("random", "exclusive", "acquired") == tally["acquired"]
     assert metrics.count("random", "exclusive", "cancelled") == tally["cancelled"]
@@ -268,6 +274,16 @@ PATCHED = [
     for cls in (Lock, ReadLock, WriteLock, UpgradableLock)
     for name in ("__aenter__", "__aexit__", "acquire_nowait", "release")
 ] + [(Condition, "wait")]
+try:
+    from aiolocks.postgres import PostgresLock, PostgresReadLock, PostgresWriteLock
+except ImportError:  # pragma: no cover - psycopg is in the test extra
+    pass
+else:
+    PATCHED += [
+        (cls, name)
+        for cls in (PostgresLock, PostgresReadLock, PostgresWriteLock)
+        for name in ("acquire", "__aenter__", "__aexit__", "acquire_nowait", "release")
+    ]
 
 
 def class_dicts() -> dict[tuple[type, str], Any]:
@@ -286,6 +302,7 @@ def test_uninstrument_restores_the_exact_methods(debug_off: None) -> None:
     after = class_dicts()
     assert all(after[k] is before[k] for k in before)
     assert "__aenter__" not in UpgradableLock.__dict__  # inherited before, inherited again
+    assert all(name not in PostgresLock.__dict__ for name in ("acquire", "release"))
 
 
 @pytest.mark.parametrize("order", ["debug-first", "metrics-first"])
