@@ -4,8 +4,9 @@ Always available, at no cost to the locks:
 
 * :func:`snapshot` lists every live aiolocks primitive with its holders and waiters, and how
   long each waiter has waited; :func:`dump` prints it, with any cycle of tasks waiting on each
-  other (a deadlock) spelled out.  Call it from a signal handler, an admin endpoint, or a
-  watchdog task when requests stop coming back.
+  other (a deadlock) spelled out.  Call it from an admin endpoint or a watchdog task when
+  requests stop coming back, or let :func:`dump_on_signal` (``AIOLOCKS_DUMP_SIGNAL=USR1``)
+  print it, with each task's await stack, for every event loop: ``kill -USR1 <pid>``.
 
 In debug mode (:func:`enable`, or ``AIOLOCKS_DEBUG=1`` in the environment, or
 ``pytest --aiolocks-debug``), for tests and staging:

@@ -177,8 +177,6 @@ def _describe(view: Any, mode: str) -> tuple[str, str, str]:
     pg_kind = getattr(view, "_kind", None)
     if pg_kind is not None:  # an aiolocks.postgres view: always named
         kind = "PostgresLock" if pg_kind == "lock" else "PostgresRWLock"
-        if mode == "":
-            mode = "exclusive" if kind == "PostgresLock" else "write"
         return (view.name, kind, mode)
     prim = getattr(view, "_rw", view)
     kind = "Lock" if isinstance(prim, Lock) else "RWLock"
