@@ -79,12 +79,15 @@ class _Series:
     asynchronous instruments when the metrics are collected (no call into OpenTelemetry per
     acquisition for them)."""
 
-    __slots__ = ("base", "counts", "waiting")
+    __slots__ = ("base", "counts", "hold", "wait", "waiting")
 
-    def __init__(self, name: str, kind: str, mode: str) -> None:
+    def __init__(self, key: tuple[str, str, str], wait: Any, hold: Any) -> None:
+        name, kind, mode = key
         self.base: Attributes = {"lock.name": name, "lock.kind": kind, "lock.mode": mode}
         self.counts: dict[str, int] = {}  # outcome -> acquisitions
         self.waiting = 0
+        self.wait = wait  # the histograms it records into
+        self.hold = hold
 
     def count(self, outcome: str) -> None:
         self.counts[outcome] = self.counts.get(outcome, 0) + 1
@@ -131,8 +134,12 @@ class _Meters:
             return entry[1]
         key = _describe(view, mode)
         series = self.all.get(key)
-        if series is None:
-            series = self.all[key] = _Series(*key)
+        if key[0].startswith("aiolocks."):
+            # A lock aiolocks made for itself (the local gate of a PostgreSQL lock): measured
+            # through what uses it, not again.  Its series records nothing and is not observed.
+            series = _Series(key, _QUIET, _QUIET)
+        elif series is None:
+            series = self.all[key] = _Series(key, self.wait, self.hold)
         ident, table = id(view), self.series
         table[ident] = (ref(view, lambda _: table.pop(ident, None)), series)
         return series
@@ -166,10 +173,22 @@ class _Meters:
         began = starts.pop()
         if not starts:
             del self.holds[key]
-        self.hold.record(_clock() - began, series.base)
+        series.hold.record(_clock() - began, series.base)
 
 
 _meters: _Meters | None = None
+
+
+class _Quiet:
+    """A histogram that records nothing."""
+
+    __slots__ = ()
+
+    def record(self, amount: float, attributes: Attributes | None = None) -> None:
+        pass
+
+
+_QUIET = _Quiet()
 
 
 def _describe(view: Any, mode: str) -> tuple[str, str, str]:
@@ -228,12 +247,12 @@ def _acquiring(task_of_view: Callable[[Any], Any]) -> _patch.Wrap:
                 series.waiting -= 1
                 outcome = _outcome(exc)
                 if outcome is not None:
-                    m.wait.record(_clock() - began, series.base)
+                    series.wait.record(_clock() - began, series.base)
                     series.count(outcome)
                 raise
             now = _clock()
             series.waiting -= 1
-            m.wait.record(now - began, series.base)
+            series.wait.record(now - began, series.base)
             series.count("acquired")
             m.begin_hold(task_of_view(self), self, now)
 

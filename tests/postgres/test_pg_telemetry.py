@@ -55,3 +55,27 @@ async def test_a_lost_hold_is_counted_as_lost(
     assert metrics.count("lost", "write", "acquired") == 1
     assert metrics.count("lost", "write", "lost") == 1
     assert metrics.histogram(HOLD, "lost", "write").count == 1
+
+
+async def test_a_waiter_timing_out_on_another_process_is_counted_as_cancelled(
+    pg_locks: PostgresLocks, pg_dsn: str, metrics: Any
+) -> None:
+    other = PostgresLocks(pg_dsn, namespace=pg_locks.namespace)  # another process, in effect
+    async with other:
+        with anyio.fail_after(10):
+            await other.lock("busy").acquire()
+            try:
+                for _ in range(2):
+                    with anyio.move_on_after(0.2):
+                        await pg_locks.lock("busy").acquire()
+                        pytest.fail("acquired a lock held by another process")
+                assert metrics.waiting() == {"busy": 0}
+            finally:
+                other.lock("busy").release()
+            async with pg_locks.lock("busy"):
+                pass
+    assert metrics.count("busy", "exclusive", "cancelled", kind="PostgresLock") == 2
+    assert metrics.count("busy", "exclusive", "acquired", kind="PostgresLock") == 2
+    wait = metrics.histogram(WAIT, "busy", "exclusive")
+    assert wait.count == 4
+    assert wait.max >= 0.2  # the timed-out waits are in
