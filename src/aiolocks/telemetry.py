@@ -53,14 +53,21 @@ except ImportError as _missing:  # the extra is not installed
 
 from anyio import BrokenResourceError
 
-from . import _patch
+# The classes through the public package: where they are defined may change.
+from . import (
+    Condition,
+    DeadlockError,
+    Lock,
+    LockLostError,
+    LockOrderError,
+    ReadLock,
+    UpgradableLock,
+    WriteLock,
+    _patch,
+)
 from ._backend import current_task, task_of
 from ._common import name_of
-from ._condition import Condition
-from ._exceptions import DeadlockError, LockLostError, LockOrderError
-from ._lock import Lock
 from ._lockclass import class_of
-from ._rwlock import ReadLock, UpgradableLock, WriteLock
 
 __all__ = ["AiolocksInstrumentor"]
 
