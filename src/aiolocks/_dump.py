@@ -184,7 +184,8 @@ def _write(signum: int, text: str) -> None:
     file = _files.get(signum)
     out = sys.stderr if file is None else file
     try:
-        print(text, file=out, flush=True)
+        out.write(text + "\n")  # one write: the loops' threads may print at the same time
+        out.flush()
     except Exception:  # a closed stream: nowhere to report to
         pass
 
