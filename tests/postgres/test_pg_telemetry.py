@@ -79,3 +79,19 @@ async def test_a_waiter_timing_out_on_another_process_is_counted_as_cancelled(
     wait = metrics.histogram(WAIT, "busy", "exclusive")
     assert wait.count == 4
     assert wait.max >= 0.2  # the timed-out waits are in
+
+
+async def test_a_hold_lost_in_its_body_is_counted_as_lost_once(
+    pg_locks: PostgresLocks, pg_dsn: str, metrics: Any
+) -> None:
+    lock = pg_locks.lock("lost-body")
+    with anyio.fail_after(10):
+        with pytest.raises(LockLostError):  # noqa: PT012
+            async with lock:
+                (info,) = await pg_locks.snapshot()
+                await server(pg_dsn, "SELECT pg_terminate_backend(%s, 5000)", info.holders[0].pid)
+                await anyio.sleep_forever()  # the heartbeat cancels this
+    assert metrics.count("lost-body", "exclusive", "acquired") == 1
+    assert metrics.count("lost-body", "exclusive", "lost") == 1
+    assert metrics.histogram(HOLD, "lost-body", "exclusive").count == 1
+    assert metrics.waiting() == {"lost-body": 0}
