@@ -36,6 +36,9 @@ ANSWER_WITHIN = 3.0
 #: At most this many frames of each task's await stack, innermost last.
 STACK_FRAMES = 8
 
+#: The default signal: SIGUSR1 (POSIX); Windows has none, so there SIGBREAK (Ctrl+Break).
+SIGUSR1 = int(getattr(signal, "SIGUSR1", 0) or getattr(signal, "SIGBREAK", 21))
+
 _lock = threading.Lock()  # guards the set-up below (never taken in the signal handler)
 _files: dict[int, TextIO | None] = {}  # signal number -> where its dumps go (None: stderr)
 _previous: dict[int, Any] = {}  # signal number -> the Python handler ours replaced
@@ -45,7 +48,7 @@ _pipe: tuple[int, int] | None = None
 _watcher: threading.Thread | None = None
 
 
-def dump_on_signal(signum: int = signal.SIGUSR1, *, file: TextIO | None = None) -> None:
+def dump_on_signal(signum: int = SIGUSR1, *, file: TextIO | None = None) -> None:
     """Print the lock state of every event loop of the process when ``signum`` arrives.
 
     For each event loop (asyncio loops in any thread, uvloop included, and trio) whose tasks
@@ -85,7 +88,8 @@ def dump_on_signal(signum: int = signal.SIGUSR1, *, file: TextIO | None = None) 
     """
     if isinstance(signum, bool) or not isinstance(signum, int):
         raise TypeError(f"signum must be a signal number (signal.SIGUSR1), not {signum!r}")
-    catchable = set(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
+    uncatchable = {getattr(signal, n) for n in ("SIGKILL", "SIGSTOP") if hasattr(signal, n)}
+    catchable = set(signal.valid_signals()) - uncatchable
     if signum not in catchable:
         raise ValueError(
             f"dump_on_signal: {signum!r} is not a signal that can be caught; use one a process "
