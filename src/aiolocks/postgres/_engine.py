@@ -44,15 +44,10 @@ from .._common import held_checkpoint
 from .._exceptions import DeadlockError, LockLostError
 from ._names import LOCK, Names
 from ._pool import SessionPool, session_settings
-from ._protocol import (
-    RECOVERY_TIMEOUT,
-    SQL_UNLOCK_ALL,
-    lock,
-    server_release,
-    try_lock_blocking,
-)
+from ._protocol import RECOVERY_TIMEOUT, SQL_UNLOCK_ALL, lock, lock_steps, server_release
 from ._session import Pending, Session, SessionLost
 from ._state import Hold, Ledger, S, TaskState, X
+from ._steps import run_blocking
 from ._watch import Watch
 
 if TYPE_CHECKING:
@@ -339,18 +334,25 @@ class LockEngine:
         if self.ledger.would_block(task, view._key, mode):
             raise WouldBlock  # a refusal that needs no round trip
         self.ledger.check_room(1)
+        # The same steps as acquire(), driven blocking: a session (pooled, else a new one,
+        # never one another task would hand over), then a try statement, with its undo.
         deadline = time.monotonic() + _NOWAIT_TIMEOUT
         if ts is None:
-            ts = self._bind(task, self.pool.checkout_blocking(deadline))
+            ts = self._bind(task, run_blocking(self.pool.checkout_steps(), deadline))
         elif ts.session is None or ts.session.closed:
             self.pool.discard(ts.detach())
-            ts.session = self.pool.checkout_blocking(deadline)
+            ts.session = run_blocking(self.pool.checkout_steps(), deadline)
+        members = ((view, mode),)
         try:
-            token = try_lock_blocking(ts, self.names, view, mode, deadline)
-        except BaseException:
+            tokens = run_blocking(lock_steps(ts, self.names, members, try_only=True), deadline)
+            if tokens is None:
+                raise WouldBlock
+        except BaseException as exc:
             self._maybe_unbind(ts)
+            if isinstance(exc, TimeoutError):  # no answer by the deadline: nothing is held
+                raise WouldBlock from exc
             raise
-        self._record(ts, view._key, mode, token)
+        self._record(ts, view._key, mode, tokens[0])
 
     # -- releasing --------------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from anyio import WouldBlock
 
 from ._names import owner_prefix
 from ._session import Session, SessionLost
+from ._steps import Steps, run_async
 
 __all__ = ["SessionPool", "session_settings"]
 
@@ -86,16 +87,18 @@ class _PoolWaiter:
 class _Backoff:
     """One checkout's retries of transient connection failures (50 ms doubling to 1 s)."""
 
-    __slots__ = ("delay", "since")
+    __slots__ = ("delay", "error", "since")
 
     def __init__(self) -> None:
         self.delay = 0.0
         self.since = 0.0
+        self.error: SessionLost | None = None  # the last failure
 
     def retry(self, exc: SessionLost, alone: bool) -> bool:
         """Whether to try again after ``exc`` (``alone``: no session of ours can come back)."""
-        now = anyio.current_time()
+        now = time.monotonic()
         self.since = self.since or now
+        self.error = exc
         if not _transient(exc) or (alone and now - self.since > _CONNECT_RETRY):
             return False
         self.delay = min(max(self.delay * 2, 0.05), 1.0)
@@ -145,11 +148,18 @@ class SessionPool:
         return self.count > len(self.idle)
 
     async def checkout(self) -> Session:
-        """A session for a task that holds nothing (it may wait for one, holding nothing).
+        """A session for a task that holds nothing (see :meth:`checkout_steps`)."""
+        return await run_async(self.checkout_steps())
+
+    def checkout_steps(self) -> Steps[Session]:
+        """A session for a task that holds nothing, as a step (see :mod:`._steps`): it may
+        wait for one, holding nothing.
 
         When the server refuses a new session for a while (full, restarting), the task waits
         for one of the process's own sessions if it has any, else retries with backoff for
-        :data:`_CONNECT_RETRY` seconds.
+        :data:`_CONNECT_RETRY` seconds.  Driven without waiting for other tasks
+        (``acquire_nowait()``), it raises :class:`anyio.WouldBlock` when every session is in
+        use, and the connection error when the server refuses a new one.
         """
         backoff = None
         while True:
@@ -159,17 +169,22 @@ class SessionPool:
                 return session
             backoff = backoff or _Backoff()
             if self.count < self.max_sessions:
-                session = await self._connect(backoff)
+                session = yield from self._connect(backoff)
             if session is None:
-                session = await self._wait(backoff.delay)
+                try:
+                    session = yield from self._wait(backoff.delay)
+                except WouldBlock:
+                    if backoff.error is not None:
+                        raise backoff.error from None
+                    raise
             if session is not None:
                 return session
 
-    async def _connect(self, backoff: _Backoff) -> Session | None:
+    def _connect(self, backoff: _Backoff) -> Steps[Session | None]:
         """A new session, or None after a transient failure (wait ``backoff.delay`` then)."""
         self.count += 1
         try:
-            return await Session.connect(self.dsn, owner_prefix(), self.settings)
+            return (yield from Session.connect_steps(self.dsn, owner_prefix(), self.settings))
         except SessionLost as exc:
             self._uncount()
             if not backoff.retry(exc, alone=not self.count):
@@ -179,19 +194,16 @@ class SessionPool:
             self._uncount()
             raise
 
-    async def _wait(self, delay: float) -> Session | None:
+    def _wait(self, delay: float) -> Steps[Session | None]:
         """Wait for a session handed over by :meth:`checkin`, or a free slot (None), or, with
         ``delay``, the time to try connecting again (None)."""
         waiter = _PoolWaiter()
         self.waiters.append(waiter)
         try:
-            if delay:  # a session of our own comes back, or it is time to try again
-                with anyio.move_on_after(delay):
-                    await waiter.event.wait()
-                if not waiter.event.is_set():
-                    self.waiters.remove(waiter)
-            else:
-                await waiter.event.wait()
+            # a session of our own comes back, or (with a delay) it is time to try again
+            yield waiter.event, None, delay or None, False
+            if not waiter.event.is_set():
+                self.waiters.remove(waiter)
         except BaseException:
             if waiter.session is not None:
                 self.checkin(waiter.session)
@@ -202,22 +214,6 @@ class SessionPool:
                     self._wake()
             raise
         return waiter.session
-
-    def checkout_blocking(self, deadline: float) -> Session:
-        """A session without awaiting, for ``acquire_nowait()`` (may connect, until
-        ``deadline`` at the latest)."""
-        self._check_open()
-        session = self.pop_idle()
-        if session is not None:
-            return session
-        if self.count >= self.max_sessions:
-            raise WouldBlock  # every session is bound to a task: nothing to try on
-        self.count += 1
-        try:
-            return Session.connect_blocking(self.dsn, owner_prefix(), self.settings, deadline)
-        except BaseException:
-            self.count -= 1
-            raise
 
     def pop_idle(self) -> Session | None:
         while self.idle:
