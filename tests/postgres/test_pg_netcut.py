@@ -31,6 +31,7 @@ import pytest
 psycopg = pytest.importorskip("psycopg")
 from psycopg.conninfo import conninfo_to_dict, make_conninfo  # noqa: E402
 
+from aiolocks import LockLostError  # noqa: E402
 from aiolocks.postgres import PostgresLocks, _session  # noqa: E402
 
 from ._netproxy import TcpProxy  # noqa: E402
@@ -178,6 +179,35 @@ async def test_acquire_nowait_through_a_cut_network_gives_up_within_its_bound(
         proxy.restore()
         with anyio.fail_after(5):
             async with lock:  # a new session
+                pass
+
+
+async def test_acquire_nowait_of_a_holder_through_a_cut_network_gives_up_and_reports_the_loss(
+    pg_dsn: str, proxy: TcpProxy, anyio_backend: Any
+) -> None:
+    """The try statement goes on the holder's own session; unanswered by the deadline, it is
+    undone by closing that session (never by waiting): the hold it backed is lost, and said so."""
+    namespace = _namespace()
+    async with (
+        PostgresLocks(pg_dsn, namespace=namespace) as near,
+        PostgresLocks(_through(pg_dsn, proxy), namespace=namespace) as far,
+    ):
+        held = far.lock("held")
+        with anyio.fail_after(10):
+            await held.acquire()
+        proxy.cut()
+        started = time.monotonic()
+        with pytest.raises(anyio.WouldBlock):
+            far.lock("other").acquire_nowait()
+        took = time.monotonic() - started
+        assert took < NOWAIT_BOUND, f"acquire_nowait() blocked for {took:.2f} s"
+        assert not far.lock("other").locked()
+        assert not held.locked()
+        with pytest.raises(LockLostError):
+            held.release()
+        proxy.restore()
+        with anyio.fail_after(10):  # the server drops the closed session, and its lock
+            async with near.lock("held"):
                 pass
 
 

@@ -217,6 +217,9 @@ class LockEngine:
             async with gates:
                 ts = await self._session_for(ts, task)
                 ts.waiting += 1
+                session = ts.session
+                assert session is not None
+                waits = session.waits
                 try:
                     tokens = await lock(ts, self.names, wanted)
                 except SessionLost:  # the session died, its locks with it: reconnect, once
@@ -234,7 +237,9 @@ class LockEngine:
             self.ledger.leave(wanted, infos)
         for hold, mode in again:
             hold.add(mode)
-        # The answer often arrives before the first wait: keep acquire() a schedule point.  A
+        if session.waits != waits and ts.session is session:
+            return task  # it waited on the event loop for the answer: a schedule point already
+        # The answer arrived before the first wait: keep acquire() a schedule point.  A
         # cancellation delivered there gives the locks back, and the unlocks are awaited before
         # the cancellation propagates: a cancelled acquire never leaves a lock held.
         try:
@@ -440,11 +445,17 @@ class LockEngine:
         ts = self.ledger.tasks.get(task)
         if ts is not None:
             ts.waiting += 1
+        returning = False
         try:
             pending = self._release_level(task, ts, view, mode)
             session = ts.session if ts is not None else None
             if pending is None or session is None:
                 return
+            assert ts is not None
+            if not ts.holds:  # the session goes back to the pool after the answer
+                returning = True
+                self.pool.returning += 1
+                session.unwatch()  # nothing left to watch for: not armed again after the wait
             if not pending.done:
                 try:
                     session.poll()  # the answer is often there already: no shield needed
@@ -457,9 +468,10 @@ class LockEngine:
                         await session.wait(pending)
                     except SessionLost:
                         pass
-            assert ts is not None
             self._check_unlock(ts, view, pending)
         finally:
+            if returning:
+                self.pool.returning -= 1
             if ts is not None:
                 ts.waiting -= 1
                 self._maybe_unbind(ts)

@@ -11,6 +11,7 @@ Invariants:
     count == sessions open or being opened, idle ones included
     a session in ``idle`` is bound to no task and watched by nobody
     ``waiters`` is non-empty only while no session is idle (a checkin hands over first)
+    a checkout opens a session only when parked checkouts claim every ``returning`` one
 """
 
 from __future__ import annotations
@@ -118,6 +119,7 @@ class SessionPool:
         "idle",
         "idle_timeout",
         "max_sessions",
+        "returning",
         "settings",
         "waiters",
     )
@@ -140,6 +142,7 @@ class SessionPool:
         self.closed = False
         self.idle: list[tuple[Session, float]] = []  # pooled sessions and since when, LIFO
         self.count = 0  # sessions open or being opened
+        self.returning = 0  # sessions to be checked in once an unlock's answer is read
         self.waiters: deque[_PoolWaiter] = deque()
 
     @property
@@ -168,15 +171,20 @@ class SessionPool:
             if session is not None:
                 return session
             backoff = backoff or _Backoff()
-            if self.count < self.max_sessions:
+            # A session about to come back (its task awaits its last unlock's answer) serves
+            # sooner than a new one, and keeps the count down (1,000 tasks on one name).
+            if self.count < self.max_sessions and len(self.waiters) >= self.returning:
                 session = yield from self._connect(backoff)
             if session is None:
                 try:
                     session = yield from self._wait(backoff.delay)
-                except WouldBlock:
-                    if backoff.error is not None:
-                        raise backoff.error from None
-                    raise
+                except WouldBlock:  # driven without waiting for other tasks (acquire_nowait)
+                    if backoff.error is None and self.count < self.max_sessions:
+                        session = yield from self._connect(backoff)  # not one coming back
+                    if session is None:
+                        if backoff.error is not None:  # why it would have to wait
+                            raise backoff.error from None
+                        raise
             if session is not None:
                 return session
 

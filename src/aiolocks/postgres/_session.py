@@ -25,6 +25,7 @@ Invariants:
 
 from __future__ import annotations
 
+import selectors
 import sys
 import time
 from collections import deque
@@ -167,6 +168,7 @@ class Session:
         "pid",
         "reading",
         "server_version",
+        "waits",
     )
 
     def __init__(self, pgconn: pq.abc.PGconn, app_name: str) -> None:
@@ -175,6 +177,7 @@ class Session:
         self._pending: deque[Pending] = deque()
         self._prepared: dict[bytes, bytes] = {}  # statement -> name of its prepared form
         self.reading = False
+        self.waits = 0  # waits for results on the event loop (or blocking) so far
         self.needs_flush = False
         self.closed = False
         self.app_name = app_name
@@ -183,7 +186,7 @@ class Session:
         self.server_version = pgconn.server_version
         self._loop: Any = None
         self._on_lost: Callable[[SessionLost], None] | None = None  # set while watched
-        self._armed: Any = None  # trio: the watching task's cancel scope; asyncio: True
+        self._armed: Any = None  # asyncio: True; trio: the _TrioWatch (or a task's scope)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{len(self._pending)} pending"
@@ -367,6 +370,7 @@ class Session:
                 if target.done:
                     return True
                 timeout = None if limit is None else limit - time.monotonic()
+                self.waits += 1
                 if not (yield self.fd, not self.needs_flush, timeout, shielded):
                     return False
         finally:
@@ -437,18 +441,25 @@ class Session:
     def _arm(self) -> None:
         if self._armed is not None or self.closed:
             return
-        if self._loop is TRIO:
-            trio = sys.modules["trio"]
-            scope = self._armed = trio.CancelScope()
-            trio.lowlevel.spawn_system_task(self._watch_trio, scope, name="aiolocks-pg-watch")
-        else:
+        if self._loop is not TRIO:
             self._loop.add_reader(self.fd, self._readable)
             self._armed = True
+            return
+        watch = _TrioWatch.current()
+        if watch is not None:
+            watch.selector.register(self.fd, selectors.EVENT_READ, self)
+            self._armed = watch
+            return
+        trio = sys.modules["trio"]  # no selector trio can wait on (Windows): a task each
+        scope = self._armed = trio.CancelScope()
+        trio.lowlevel.spawn_system_task(self._watch_trio, scope, name="aiolocks-pg-watch")
 
     def _disarm(self) -> None:
         armed, self._armed = self._armed, None
         if armed is True:
             self._loop.remove_reader(self.fd)
+        elif isinstance(armed, _TrioWatch):
+            armed.selector.unregister(self.fd)
         elif armed is not None:
             armed.cancel()  # synchronous in trio: the descriptor is free at once
 
@@ -497,6 +508,50 @@ class Session:
             self.pgconn.finish()
         except Exception:  # pragma: no cover - finishing never fails in practice
             pass
+
+
+@final
+class _TrioWatch:
+    """trio: one system task per run reads the socket of every watched session when data
+    arrives.  Their descriptors are in a selector (epoll, kqueue) of our own, whose descriptor
+    trio waits on; so watching a session and stopping are a system call each, not a task
+    spawned and cancelled on every acquisition."""
+
+    __slots__ = ("selector",)
+    _var: Any = None  # trio.lowlevel.RunVar, made on first use (trio is optional)
+
+    def __init__(self, selector: selectors.BaseSelector) -> None:
+        self.selector = selector
+
+    @classmethod
+    def current(cls) -> _TrioWatch | None:
+        """The current trio run's watch (started on first use), or None if the platform has
+        no selector with a descriptor."""
+        trio = sys.modules["trio"]
+        if cls._var is None:
+            cls._var = trio.lowlevel.RunVar("aiolocks_pg_watch")
+        try:
+            return cls._var.get()  # type: ignore[no-any-return]
+        except LookupError:
+            pass
+        selector = selectors.DefaultSelector()
+        watch = cls(selector) if hasattr(selector, "fileno") else None
+        cls._var.set(watch)
+        if watch is not None:
+            trio.lowlevel.spawn_system_task(watch._run, name="aiolocks-pg-watch")
+        else:
+            selector.close()
+        return watch
+
+    async def _run(self) -> None:
+        trio = sys.modules["trio"]
+        fd = self.selector.fileno()  # type: ignore[attr-defined]
+        while True:
+            await trio.lowlevel.wait_readable(fd)
+            for key, _ in self.selector.select(0):
+                session = key.data
+                if session._armed is self:  # not disarmed by one before it in this batch
+                    session._readable()
 
 
 def _error_text(pgconn: pq.abc.PGconn) -> str:
