@@ -152,7 +152,8 @@ class SessionPool:
 
     async def checkout(self) -> Session:
         """A session for a task that holds nothing (see :meth:`checkout_steps`)."""
-        return await run_async(self.checkout_steps())
+        session = self.pop_idle()  # the common case without starting a driver (no await either)
+        return session if session is not None else await run_async(self.checkout_steps())
 
     def checkout_steps(self) -> Steps[Session]:
         """A session for a task that holds nothing, as a step (see :mod:`._steps`): it may

@@ -26,7 +26,7 @@ import os
 import selectors
 import socket
 import time
-from collections.abc import Generator
+from collections.abc import Awaitable, Callable, Generator
 from typing import TypeVar
 
 import anyio
@@ -42,17 +42,18 @@ Wait = tuple[int | anyio.Event, bool | None, float | None, bool]
 Steps = Generator[Wait, bool, T]
 
 
-async def _wait_fd_new(fd: int, read: bool) -> None:
-    await (anyio.wait_readable(fd) if read else anyio.wait_writable(fd))
+if hasattr(anyio, "wait_readable"):  # anyio >= 4.7 waits on a file descriptor
+    _wait_readable: Callable[[int], Awaitable[None]] = anyio.wait_readable
+    _wait_writable: Callable[[int], Awaitable[None]] = anyio.wait_writable
+else:  # older anyio waits on socket objects only: one over a duplicate of the descriptor
 
+    async def _wait_readable(fd: int) -> None:
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            await anyio.wait_socket_readable(sock)
 
-async def _wait_fd_old(fd: int, read: bool) -> None:
-    # anyio < 4.7 waits on socket objects only: one over a duplicate of the descriptor
-    with socket.socket(fileno=os.dup(fd)) as sock:
-        await (anyio.wait_socket_readable(sock) if read else anyio.wait_socket_writable(sock))
-
-
-_wait_fd = _wait_fd_new if hasattr(anyio, "wait_readable") else _wait_fd_old
+    async def _wait_writable(fd: int) -> None:
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            await anyio.wait_socket_writable(sock)
 
 
 async def _wait(what: int | anyio.Event, read: bool | None) -> None:
@@ -61,7 +62,7 @@ async def _wait(what: int | anyio.Event, read: bool | None) -> None:
         await what.wait()
     else:
         assert isinstance(what, int)
-        await _wait_fd(what, read)
+        await (_wait_readable(what) if read else _wait_writable(what))
 
 
 def _resume(steps: Steps[T], reply: bool | None, error: BaseException | None) -> Wait:
@@ -87,7 +88,10 @@ async def run_async(steps: Steps[T]) -> T:
             return stop.value  # type: ignore[no-any-return]
         error = None
         try:
-            if timeout is None and not shielded:  # the common case: no scope of its own
+            if read and timeout is None and not shielded:  # the hot path: results to read
+                await _wait_readable(what)  # type: ignore[arg-type]
+                reply = True
+            elif timeout is None and not shielded:
                 await _wait(what, read)
                 reply = True
             else:
