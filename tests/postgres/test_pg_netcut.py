@@ -269,3 +269,42 @@ async def test_acquire_nowait_works_on_a_descriptor_above_1023(
             assert lock.locked()
         finally:
             lock.release()
+
+
+async def test_a_task_waiting_for_a_releasing_session_that_is_lost_connects_instead(
+    pg_dsn: str, proxy: TcpProxy, anyio_backend: Any
+) -> None:
+    """A checkout waits for the session of a task that reads its last unlock's answer rather
+    than opening one; if that answer never comes (here: a cut network, until the release
+    gives up and closes the session), the checkout must not wait forever: it connects."""
+    async with PostgresLocks(_through(pg_dsn, proxy), namespace=_namespace()) as far:
+        held = anyio.Event()
+        go = anyio.Event()
+        gave_up = anyio.Event()
+        b_done = anyio.Event()
+
+        async def holder() -> None:
+            try:
+                async with far.lock("a"):
+                    held.set()
+                    await go.wait()
+            except LockLostError:  # no answer to its unlock: the session was closed
+                gave_up.set()
+
+        async def other() -> None:
+            async with far.lock("b"):
+                b_done.set()
+
+        with anyio.fail_after(40):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(holder)
+                await held.wait()
+                proxy.cut()
+                go.set()
+                await anyio.wait_all_tasks_blocked()  # the holder waits for its unlock's answer
+                tg.start_soon(other)
+                await anyio.wait_all_tasks_blocked()  # "b" waits for the holder's session
+                assert not b_done.is_set()
+                await gave_up.wait()  # the release gave up, the session was closed
+                proxy.restore()
+                await b_done.wait()

@@ -470,11 +470,11 @@ class LockEngine:
                         pass
             self._check_unlock(ts, view, pending)
         finally:
-            if returning:
-                self.pool.returning -= 1
             if ts is not None:
                 ts.waiting -= 1
-                self._maybe_unbind(ts)
+                self._maybe_unbind(ts)  # its session to a checkout waiting for it, or pooled
+            if returning:
+                self.pool.returned()
 
     def _check_unlock(self, ts: TaskState, view: _View, pending: Pending) -> None:
         """A release's unlock answered true, or its hold was lost: that raises."""

@@ -251,6 +251,13 @@ class SessionPool:
         self.idle.append((session, time.monotonic()))
         self._on_idle()
 
+    def returned(self) -> None:
+        """A session counted in ``returning`` was checked in, or lost: a checkout that waited
+        for it in vain (the session was lost) tries again."""
+        self.returning -= 1
+        if len(self.waiters) > self.returning:
+            self._wake()
+
     def discard(self, session: Session | None) -> None:
         """Close a session that is not pooled, if any (the server releases all it held)."""
         if session is not None:
