@@ -9,7 +9,9 @@ lost session is :mod:`._watch`'s.  A task that exits holding locks has them rele
 
 There is one acquire path: a single lock is a batch of one (:meth:`LockEngine.acquire`), so
 re-entry, the local gates, the session binding, the statement and its undo are written once
-for ``pg.lock(...)``, ``pg.rwlock(...)`` and ``LockCollection``.
+for ``pg.lock(...)``, ``pg.rwlock(...)`` and ``LockCollection``.  The synchronous
+``acquire_nowait()`` drives the same steps (checkout, statement, undo: :mod:`._steps`)
+blocking, with a try statement.
 
 Invariants:
     the engine is bound to one event loop (``_loop``) while any task holds or waits
@@ -339,8 +341,8 @@ class LockEngine:
         if self.ledger.would_block(task, view._key, mode):
             raise WouldBlock  # a refusal that needs no round trip
         self.ledger.check_room(1)
-        # The same steps as acquire(), driven blocking: a session (pooled, else a new one,
-        # never one another task would hand over), then a try statement, with its undo.
+        # The steps of acquire(), driven blocking: a session (pooled, else a new one: it never
+        # waits for another task's), then a try statement, with its undo.
         deadline = time.monotonic() + _NOWAIT_TIMEOUT
         if ts is None:
             ts = self._bind(task, run_blocking(self.pool.checkout_steps(), deadline))

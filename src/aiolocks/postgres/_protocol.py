@@ -11,6 +11,9 @@ unlock fails, the session is closed and the server drops its locks.
 A release never awaits: it sends the statement that brings the server in line with the
 client's counts (:func:`server_release`) and reads the answer later.
 
+Taking, undoing and cancelling are steps (:mod:`._steps`), written once: :func:`lock` awaits
+them, and ``acquire_nowait()`` drives them blocking, with a try statement (``try_only``).
+
 Invariants:
     a statement is cancelled (cancel request) only while it is the oldest unanswered one on
       its session: earlier statements are waited for, never cancelled
