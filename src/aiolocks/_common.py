@@ -16,6 +16,7 @@ __all__ = [
     "lock_broken",
     "held_checkpoint",
     "name_of",
+    "repr_name",
     "no_sync_with",
     "not_holding",
     "set_name",
@@ -74,7 +75,8 @@ def held_checkpoint(
     return _asyncio_held_checkpoint(undo, task)
 
 
-def no_sync_with(prim: object) -> NoReturn:
+def no_sync_with(prim: object, *exc_info: object) -> NoReturn:
+    """``__enter__`` and ``__exit__`` of every async lock: ``with lock:`` is a mistake."""
     raise TypeError(
         f"{type(prim).__name__} is an async lock: use 'async with', not 'with' "
         "(a plain 'with' cannot wait for it)"
@@ -126,6 +128,12 @@ def set_name(prim: object, name: str | None) -> None:
 def name_of(prim: object) -> str | None:
     """The name given to ``prim``, if any."""
     return _NAMES.get(prim)
+
+
+def repr_name(prim: object) -> str:
+    """``prim``'s name as its ``repr`` shows it: ``" 'name'"``, or ``""`` if it has none."""
+    name = _NAMES.get(prim)
+    return f" {name!r}" if name else ""
 
 
 # Conditions with tasks sleeping over a lock, by the lock's underlying primitive: when the lock
