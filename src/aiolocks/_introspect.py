@@ -60,8 +60,7 @@ class _LockInfo:
             assert len(q) > 0 or q.broken, "an empty queue is kept without being broken"
             assert all(w.state == WAITING and w.home is lock for w in q), "a stale waiter queued"
             if len(q) and not q.broken:
-                assert lock._owner in q.watched, "owner not watched while tasks wait"
-                assert len(q.watched) == 1, "a task other than the owner is watched"
+                assert q.watch_token is not None, "owner not watched while tasks wait"
 
 
 class _RWLockInfo:

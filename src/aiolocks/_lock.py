@@ -8,7 +8,7 @@ from typing import Any, final
 
 from anyio import BrokenResourceError, LockStatistics, WouldBlock
 
-from ._backend import READY, TRIO, resolve_task, task_info, task_of, thread_mark
+from ._backend import READY, TRIO, resolve_task, task_info, task_of, thread_mark, unwatch, watch
 from ._common import (
     check_flag,
     held_checkpoint,
@@ -21,7 +21,7 @@ from ._common import (
 )
 from ._cvport import OneLevelPort
 from ._exceptions import DeadlockError
-from ._queue import OwnerQueue, Waiter, new_waiter, pass_watch, unwatch_holder, watch_holder
+from ._queue import OwnerQueue, Waiter, new_waiter
 
 __all__ = ["Lock"]
 
@@ -62,7 +62,7 @@ class Lock(OneLevelPort):
     # Invariants:
     #   _q is not None    implies  _owner is not None   (waiters only queue behind an owner)
     #   _q is not None    implies  len(_q) > 0 or _q.broken
-    #   _q.watched        is {_owner} while _q has waiters (so an exiting owner breaks the lock)
+    #   _q.watch_token    is set while _q has waiters (so an exiting owner breaks the lock)
     # (checked by aiolocks._introspect.check_invariants after every step of the tests)
     __slots__ = ("__weakref__", "_fast", "_loop", "_owner", "_q", "_tid")
 
@@ -123,7 +123,7 @@ class Lock(OneLevelPort):
         if self._owner is task:
             raise DeadlockError(f"{self!r} is already held by this task (it is not re-entrant)")
         q = self._q
-        if q is None or not q.watched:  # (else: the owner is watched, the queue not broken)
+        if q is None or q.watch_token is None:  # (else: the owner is watched, not broken)
             q = self._behind_owner()
         if q.broken:
             raise BrokenResourceError(self._broken_message())
@@ -140,8 +140,8 @@ class Lock(OneLevelPort):
         q = self._q
         if q is None:
             q = self._q = OwnerQueue.new()
-        if not q.watched and not q.broken:
-            watch_holder(q.watched, self._loop, self._owner, self._owner_exited)
+        if q.watch_token is None and not q.broken:
+            q.watch_token = watch(self._loop, self._owner, self._owner_exited)
         return q
 
     def _undo_acquire(self, task: Any) -> None:
@@ -185,10 +185,13 @@ class Lock(OneLevelPort):
         if q is None:
             self._owner = None
             return
-        old, waiter = self._owner, q.popleft()
-        self._owner = None if waiter is None else waiter.task
-        pass_watch(q.watched, self._loop, old, self._owner if q else None, self._owner_exited)
-        if waiter is not None:
+        unwatch(self._owner, q.watch_token)
+        waiter = q.popleft()
+        if waiter is None:
+            self._owner = q.watch_token = None
+        else:  # the new owner is watched while tasks wait behind it
+            self._owner = waiter.task
+            q.watch_token = watch(self._loop, waiter.task, self._owner_exited) if q else None
             waiter.grant()
         if not q and not q.broken:
             self._q = None
@@ -201,8 +204,8 @@ class Lock(OneLevelPort):
         assert q is not None
         q.remove(waiter)
         if not q and not q.broken:
-            unwatch_holder(q.watched, self._loop, self._owner)
-            self._q = None
+            unwatch(self._owner, q.watch_token)
+            self._q = q.watch_token = None
             q.recycle()
 
     def _grant_abandoned(self, waiter: Waiter) -> None:
