@@ -80,7 +80,7 @@ class Lock(OneLevelPort):
             state += f", {len(self._q)} waiting" + (", broken" if self._q.broken else "")
         return f"<aiolocks.Lock{repr_name(self)} {state} at {id(self):#x}>"
 
-    # -- acquiring -------------------------------------------------------------------------
+    # -- acquiring (debug mode swaps in wrappers of the public methods: see _queue.py) ----
 
     def __aenter__(self) -> Awaitable[None]:
         task = task_of(self._loop)

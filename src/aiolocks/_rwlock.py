@@ -1,10 +1,13 @@
 """``aiolocks.RWLock``: a phase-fair, writer-preferring readers-writer lock.
 
 One state (on the :class:`RWLock`) and three lock-like views over it: ``reader``, ``writer``
-and ``upgradable``.  The uncontended paths touch only the RWLock's own slots; everything that
-exists only under contention or in rarer modes (queues, upgradable hold, re-entrant write levels,
-a broken owner, watched holders) lives in an ``_RWState`` that is created on demand and dropped
-as soon as the lock is back to a plain state, so ``_slow is None`` is the fast-path test.
+and ``upgradable`` (``_rwviews.py``; the optimistic reads are in ``_optimistic.py``, what
+diagnostics read of the state in ``_introspect.py``).  The uncontended paths touch only the
+RWLock's own slots; everything that exists only under contention or in rarer modes (queues,
+upgradable hold, re-entrant write levels, a broken owner, watched holders) lives in an
+``_RWState`` that is created on demand and dropped as soon as the lock is back to a plain state,
+so ``_slow is None`` is the fast-path test.  Debug mode (``aiolocks.debug.enable()``) swaps
+instrumented methods into the views' classes; nothing here checks for it.
 """
 
 from __future__ import annotations
