@@ -11,6 +11,7 @@ from weakref import WeakKeyDictionary, WeakSet
 from ._backend import READY, TRIO, task_name
 
 __all__ = [
+    "AsyncOnly",
     "add_sleeper",
     "check_flag",
     "lock_broken",
@@ -75,12 +76,23 @@ def held_checkpoint(
     return _asyncio_held_checkpoint(undo, task)
 
 
-def no_sync_with(prim: object, *exc_info: object) -> NoReturn:
-    """``__enter__`` and ``__exit__`` of every async lock: ``with lock:`` is a mistake."""
+def no_sync_with(prim: object) -> NoReturn:
     raise TypeError(
         f"{type(prim).__name__} is an async lock: use 'async with', not 'with' "
         "(a plain 'with' cannot wait for it)"
     )
+
+
+class AsyncOnly:
+    """Base of the async locks: a plain ``with lock:`` raises a TypeError naming ``async with``."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        no_sync_with(self)
+
+    def __exit__(self, *args: object) -> None:
+        no_sync_with(self)
 
 
 def who(task: Any) -> str:

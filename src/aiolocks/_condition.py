@@ -10,7 +10,7 @@ import anyio
 from anyio import BrokenResourceError
 
 from ._backend import READY, resolve_task, task_of, thread_mark
-from ._common import add_sleeper, no_sync_with, repr_name, set_name, who
+from ._common import AsyncOnly, add_sleeper, repr_name, set_name, who
 from ._cvport import port_of, retake
 from ._lock import Lock
 from ._queue import GRANTED, Waiter, WaitQueue, new_waiter
@@ -23,7 +23,7 @@ T = TypeVar("T")
 
 
 @final
-class Condition:
+class Condition(AsyncOnly):
     """Wait for a state change under a lock; notify the tasks waiting for it.
 
     Use it when tasks must sleep until shared state, protected by a lock, reaches some
@@ -255,5 +255,3 @@ class Condition:
 
     def _in_use(self) -> bool:
         return len(self._q) > 0
-
-    __enter__ = __exit__ = no_sync_with  # a plain 'with' cannot wait: TypeError

@@ -10,10 +10,10 @@ from anyio import BrokenResourceError, LockStatistics, WouldBlock
 
 from ._backend import READY, TRIO, resolve_task, task_info, task_of, thread_mark, unwatch, watch
 from ._common import (
+    AsyncOnly,
     check_flag,
     held_checkpoint,
     lock_broken,
-    no_sync_with,
     not_holding,
     repr_name,
     set_name,
@@ -27,7 +27,7 @@ __all__ = ["Lock"]
 
 
 @final
-class Lock(OneLevelPort):
+class Lock(OneLevelPort, AsyncOnly):
     """A mutual-exclusion lock for asyncio and trio tasks, FIFO and not re-entrant.
 
     Use it where ``asyncio.Lock``, ``anyio.Lock`` or ``trio.Lock`` would do, when you also want
@@ -256,5 +256,3 @@ class Lock(OneLevelPort):
 
     def _in_use(self) -> bool:
         return self._owner is not None or self._q is not None
-
-    __enter__ = __exit__ = no_sync_with  # a plain 'with' cannot wait: TypeError

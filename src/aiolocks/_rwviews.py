@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, final
 from anyio import LockStatistics, WouldBlock
 
 from ._backend import READY, TRIO, resolve_task, task_info, task_of, thread_mark
-from ._common import held_checkpoint, no_sync_with, who
+from ._common import AsyncOnly, held_checkpoint, who
 from ._exceptions import DeadlockError
 from ._queue import Waiter
 from ._types import RWLockStatistics
@@ -35,7 +35,7 @@ READ, WRITE, UPGRADABLE, UPGRADE = 0, 1, 2, 3
 _MODE_NAMES = ("read", "write", "upgradable", "upgrade")
 
 
-class _View:
+class _View(AsyncOnly):
     """What the three views share: the misuse guards and ``acquire``."""
 
     __slots__ = ("__weakref__", "_rw")
@@ -91,8 +91,6 @@ class _View:
 
     def __repr__(self) -> str:
         return f"<{_MODE_NAMES[self._mode]} side of {self._rw!r}>"
-
-    __enter__ = __exit__ = no_sync_with  # a plain 'with' cannot wait: TypeError
 
 
 @final
