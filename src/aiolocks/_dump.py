@@ -27,6 +27,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any, TextIO
 
+from . import _introspect
 from ._backend import LIVE, TRIO, task_name
 
 __all__ = ["dump_on_signal"]
@@ -295,9 +296,9 @@ def _dump_here(what: str) -> str:
     tasks: dict[int, tuple[Any, list[str]]] = {}
     for prim in mine:
         label = debug._describe(prim)
-        for task, mode in prim._debug_holders():
+        for task, mode in _introspect.holders(prim):
             tasks.setdefault(id(task), (task, []))[1].append(f"holds {label} ({mode})")
-        for waiter, mode in prim._debug_waiters():
+        for waiter, mode in _introspect.waiters(prim):
             tasks.setdefault(id(waiter.task), (waiter.task, []))[1].append(
                 f"waits for {label} ({mode})"
             )

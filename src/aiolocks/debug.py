@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 from weakref import WeakKeyDictionary
 
-from . import _patch, _queue
+from . import _introspect, _patch, _queue
 from ._backend import LIVE, current_task, task_name
 from ._common import name_of
 from ._condition import Condition
@@ -224,7 +224,7 @@ def _describe(prim: Any) -> str:
     if isinstance(prim, LockClass):
         return repr(prim)
     name = name_of(prim)
-    kind = getattr(prim, "_debug_kind", type(prim).__name__)
+    kind = _introspect.kind(prim) if _introspect.is_primitive(prim) else type(prim).__name__
     return f"{kind} {name!r}" if name else f"{kind} at {id(prim):#x}"
 
 
@@ -266,14 +266,19 @@ def _find_cycle(
         if waiter is None or waiter.state != _queue.WAITING:
             continue
         home = waiter.home
-        nxt = (blocker, home, home._debug_mode(waiter), home._debug_blockers(blocker, "", waiter))
+        nxt = (
+            blocker,
+            home,
+            _introspect.mode(home, waiter),
+            _introspect.blockers(home, blocker, "", waiter),
+        )
         parent[id(blocker)] = step
         stack.extend((nxt, b) for b in nxt[3])
     return None
 
 
 def _relation(prim: Any, blocker: Any) -> str:
-    for t, mode in prim._debug_holders():
+    for t, mode in _introspect.holders(prim):
         if t is blocker:
             return f"held ({mode}) by task {task_name(blocker)!r}"
     return f"queued behind task {task_name(blocker)!r}"
@@ -467,7 +472,7 @@ def _acquiring(orig: Callable[..., Any], mode: str) -> Callable[..., Any]:
         prim = _target(self)
         task = current_task()
         site = _site()
-        blockers = prim._debug_blockers(task, mode)
+        blockers = _introspect.blockers(prim, task, mode)
         if blockers:
             _check_cycle(task, prim, mode, blockers)
         _check_order(st, task, prim, mode, site)
@@ -536,7 +541,7 @@ def _upgrading(orig: Callable[..., Any], mode: str) -> Callable[..., Any]:
         rw = self._rw
         task = current_task()
         if st is not None and rw._slow is not None and rw._slow.upgrader is task:
-            blockers = rw._debug_blockers(task, "upgrade")
+            blockers = _introspect.blockers(rw, task, "upgrade")
             if blockers:
                 _check_cycle(task, rw, "write", blockers)
         try:
@@ -581,7 +586,7 @@ def _cond_waiting(orig: Callable[..., Any], mode: str) -> Callable[..., Any]:
             # acquire): the holds it had are the holds it has, if it holds the lock again.
             held = st.held.get(task, [])
             held[:] = [h for h in held if h.prim is not prim]
-            holders = prim._debug_holders() if hasattr(prim, "_debug_holders") else ()
+            holders = _introspect.holders(prim) if _introspect.is_primitive(prim) else ()
             if any(t is task for t, _ in holders):
                 held.extend(saved)
             if held:
@@ -698,7 +703,7 @@ def _snapshot(prims: list[Any]) -> list[PrimitiveInfo]:
     out = []
     for prim in prims:
         holders = []
-        for task, mode in prim._debug_holders():
+        for task, mode in _introspect.holders(prim):
             hold = None
             if st is not None:
                 hold = next((h for h in st.held.get(task, ()) if h.prim is prim), None)
@@ -717,7 +722,7 @@ def _snapshot(prims: list[Any]) -> list[PrimitiveInfo]:
                 max(0.0, now - w.since),
                 st.wait_sites.get(w.task) if st is not None else None,
             )
-            for w, mode in prim._debug_waiters()
+            for w, mode in _introspect.waiters(prim)
         )
         contention = None
         if st is not None:
@@ -725,7 +730,7 @@ def _snapshot(prims: list[Any]) -> list[PrimitiveInfo]:
             contention = ContentionStatistics(
                 *((s.acquisitions, s.contended, s.total_wait, s.max_wait) if s else (0, 0, 0, 0))
             )
-        kind = prim._debug_kind
+        kind = _introspect.kind(prim)
         name = name_of(prim) or f"{kind} at {id(prim):#x}"
         out.append(PrimitiveInfo(name, kind, tuple(holders), waiters, contention))
     out.sort(key=lambda p: (not p.waiters, not p.holders, p.name))
@@ -736,7 +741,7 @@ def _deadlocks(prims: list[Any]) -> list[str]:
     """Cycles of tasks waiting on each other right now, from the primitives' own state."""
     waiting: dict[Any, Any] = {}
     for prim in prims:
-        for w, _ in prim._debug_waiters():
+        for w, _ in _introspect.waiters(prim):
             waiting[w.task] = w
     found: list[str] = []
     covered: set[int] = set()
@@ -745,7 +750,7 @@ def _deadlocks(prims: list[Any]) -> list[str]:
             continue
         home = w.home
         chain = _find_cycle(
-            task, home, home._debug_mode(w), home._debug_blockers(task, "", w), waiting
+            task, home, _introspect.mode(home, w), _introspect.blockers(home, task, "", w), waiting
         )
         if chain is not None:
             covered.update(id(step[0]) for step in chain)
