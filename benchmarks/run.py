@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/run.py [--quick] [--json PATH] [--markdown PATH] [--report DIR]
-                             [--debug] [--only NAME ...]
+                             [--debug] [--instrumented] [--only NAME ...]
 
 Every scenario measures its candidates interleaved, each sample in a fresh event loop, and
 reports per-op costs plus ratios against the peer named in the target, computed within this
@@ -247,6 +247,12 @@ def main(argv: list[str] | None = None) -> int:
         help="measure aiolocks with aiolocks.debug.enable() on (lock-order checking, cycles)",
     )
     parser.add_argument(
+        "--instrumented",
+        action="store_true",
+        help="measure aiolocks with OpenTelemetry metrics on (aiolocks.telemetry, SDK meter "
+        "provider with an in-memory reader; see telemetry_bench.py for the cost per acquisition)",
+    )
+    parser.add_argument(
         "--only",
         nargs="+",
         metavar="NAME",
@@ -260,6 +266,14 @@ def main(argv: list[str] | None = None) -> int:
         import aiolocks.debug
 
         aiolocks.debug.enable()
+    if args.instrumented:
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+        from aiolocks.telemetry import AiolocksInstrumentor
+
+        provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+        AiolocksInstrumentor().instrument(meter_provider=provider)
     scenarios = [n for n, _ in SCENARIOS if not args.only or n in args.only]
     machine = interpreter_meta()
     print("\n".join(header_lines(machine)), flush=True)
@@ -289,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         "uvloop": _version("uvloop"),
         "quick": cfg.quick,
         "aiolocks_debug": bool(args.debug),
+        "aiolocks_instrumented": bool(args.instrumented),
         "scenarios": scenarios,
         "seconds": seconds,
         "loadavg_before": load_before,

@@ -18,6 +18,7 @@ import anyio.abc
 import sniffio
 
 from aiolocks import RWLock
+from aiolocks._introspect import check_invariants
 
 IDLE = (0, None, 0, 0)
 
@@ -167,6 +168,6 @@ def snap(rw: RWLock) -> tuple[int, anyio.TaskInfo | None, int, int]:
 
 
 def assert_idle(rw: RWLock) -> None:
-    rw._check_invariants()
+    check_invariants(rw)
     assert snap(rw) == IDLE
     assert rw.version % 2 == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,3 +26,37 @@ if sys.platform != "win32":
 @pytest.fixture(params=_BACKENDS)
 def anyio_backend(request: pytest.FixtureRequest) -> Any:
     return request.param
+
+
+@pytest.fixture
+def debug_off() -> Iterator[None]:
+    """Debug mode off for one test; the session's own mode (``--aiolocks-debug``) is restored."""
+    from aiolocks import debug
+
+    was_on = debug.enabled()
+    debug.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            debug.enable()
+
+
+@pytest.fixture
+def metrics() -> Iterator[Any]:
+    """aiolocks instrumented for one test, into an in-memory reader (a ``_metrics.Metrics``)."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from _metrics import Metrics
+    from aiolocks.telemetry import AiolocksInstrumentor
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    instrumentor = AiolocksInstrumentor()
+    instrumentor.instrument(meter_provider=provider)
+    try:
+        yield Metrics(reader)
+    finally:
+        instrumentor.uninstrument()
+        provider.shutdown()

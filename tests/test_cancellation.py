@@ -22,6 +22,7 @@ import sniffio
 import aiolocks
 from _actors import IDLE, Actor, Op, actors, assert_idle, settle, snap  # noqa: F401
 from aiolocks import RWLock
+from aiolocks._introspect import check_invariants
 
 pytestmark = pytest.mark.anyio
 
@@ -89,7 +90,7 @@ def assert_free(lock: AnyLock) -> None:
     if isinstance(lock, RWLock):
         assert_idle(lock)
         return
-    lock._check_invariants()
+    check_invariants(lock)
     stats = lock.statistics()
     assert (stats.locked, stats.owner, stats.tasks_waiting) == (False, None, 0)
 
@@ -122,7 +123,7 @@ async def test_waiter_granted_then_cancelled_passes_the_lock_on(
         first.cancel(cancel_mode)  # ... and b is cancelled before it ever runs
         await settle()
         if first.cancelled:
-            lock._check_invariants()
+            check_invariants(lock)
         else:
             # A scope cancelled after the grant may come too late (trio's rule; anyio's asyncio
             # scopes skip a task whose wait already completed). A native cancel never is.
@@ -171,7 +172,7 @@ async def test_reader_behind_writer_cancelled_just_before_the_release_is_admitte
         rw.reader.release()
         await settle()
         assert writing.cancelled
-        rw._check_invariants()
+        check_invariants(rw)
         assert reading.ok, "a reader was stranded behind an already-cancelled writer"
         await r.run(rw.reader.release)
     assert_idle(rw)
@@ -196,7 +197,7 @@ async def test_cancelled_waiter_leaves_no_state_and_the_next_waiter_is_served(
         await settle()
         assert first.cancelled
         assert waiting(lock) == 1
-        lock._check_invariants()
+        check_invariants(lock)
         hold.release()
         await settle()
         assert second.ok
@@ -223,7 +224,7 @@ async def test_timed_out_acquire_leaves_no_state(kind: str, cancel_mode: str) ->
         assert isinstance(attempt.exc, (TimeoutError, asyncio.TimeoutError))
         await settle()
         assert waiting(lock) == 0
-        lock._check_invariants()
+        check_invariants(lock)
         hold.release()
         assert_free(lock)
 
@@ -422,7 +423,7 @@ async def test_upgrade_granted_then_cancelled_leaves_a_consistent_hold(cancel_mo
 
         await r1.run(release_and_cancel)
         await settle()
-        rw._check_invariants()
+        check_invariants(rw)
         if upgrading.cancelled:
             assert reading.ok, "the upgrade was undone, so queued readers come in"
             assert snap(rw) == (2, None, 0, 0)
@@ -501,7 +502,7 @@ checkpoint = anyio.lowlevel.checkpoint
 
 async def _reader(rw: RWLock, mutex: aiolocks.Lock) -> None:
     async with rw.reader:
-        rw._check_invariants()
+        check_invariants(rw)
         await checkpoint()
 
 
@@ -514,7 +515,7 @@ async def _nested_reader(rw: RWLock, mutex: aiolocks.Lock) -> None:
 
 async def _writer(rw: RWLock, mutex: aiolocks.Lock) -> None:
     async with rw.writer:
-        rw._check_invariants()
+        check_invariants(rw)
         await checkpoint()
         async with rw.reader:
             await checkpoint()
@@ -524,7 +525,7 @@ async def _upgrader(rw: RWLock, mutex: aiolocks.Lock) -> None:
     async with rw.upgradable:
         await checkpoint()
         await rw.upgradable.upgrade()
-        rw._check_invariants()
+        check_invariants(rw)
         await checkpoint()
         rw.writer.downgrade()
         await checkpoint()
@@ -544,7 +545,7 @@ async def _downgrader(rw: RWLock, mutex: aiolocks.Lock) -> None:
 
 async def _mutex_user(rw: RWLock, mutex: aiolocks.Lock) -> None:
     async with mutex:
-        mutex._check_invariants()
+        check_invariants(mutex)
         await checkpoint()
         async with rw.reader:
             await checkpoint()

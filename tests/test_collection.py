@@ -30,6 +30,7 @@ from aiolocks import (
     TaskKey,
     TaskKeyError,
 )
+from aiolocks._introspect import check_invariants
 
 pytestmark = pytest.mark.anyio
 
@@ -49,12 +50,12 @@ def _is_view(lock: Any) -> bool:
 def assert_free(lock: Any) -> None:
     """Nobody holds or waits for `lock` (any kind of collection member)."""
     if _is_view(lock):
-        lock._rw._check_invariants()
+        check_invariants(lock._rw)
         assert snap(lock._rw) == IDLE, f"{lock!r} is not idle"
         return
     assert not lock.locked(), f"{lock!r} is held"
     if isinstance(lock, Lock):
-        lock._check_invariants()
+        check_invariants(lock)
     if isinstance(lock, asyncio.Lock):
         assert not getattr(lock, "_waiters", None), f"{lock!r} has waiters"
     else:
@@ -65,7 +66,7 @@ def assert_held_by_other_only(lock: Any) -> None:
     """`lock` (the thing a holder actor took) is held, and nobody waits for it."""
     if _is_view(lock):
         rw = lock._rw
-        rw._check_invariants()
+        check_invariants(rw)
         s = rw.statistics()
         assert s.readers_waiting == 0
         assert s.writers_waiting == 0

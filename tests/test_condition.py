@@ -15,6 +15,7 @@ import sys
 import weakref
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 import anyio
@@ -26,6 +27,7 @@ import trio
 
 import aiolocks
 from aiolocks import Condition, RWLock
+from aiolocks._introspect import check_invariants
 
 pytestmark = pytest.mark.anyio
 
@@ -52,17 +54,17 @@ class Kind(NamedTuple):
 
 def _default() -> Made:
     cond = Condition()
-    return Made(cond, None, cond.lock._check_invariants)
+    return Made(cond, None, partial(check_invariants, cond.lock))
 
 
 def _writer() -> Made:
     rw = RWLock()
-    return Made(Condition(rw.writer), rw, rw._check_invariants)
+    return Made(Condition(rw.writer), rw, partial(check_invariants, rw))
 
 
 def _reader() -> Made:
     rw = RWLock()
-    return Made(Condition(rw.reader), rw, rw._check_invariants)
+    return Made(Condition(rw.reader), rw, partial(check_invariants, rw))
 
 
 def _anyio() -> Made:
@@ -585,14 +587,14 @@ async def test_reentrant_writer_wait_releases_every_level_and_restores_them() ->
             await cond.wait()
             assert got_in.is_set()
             assert rw.statistics().writer == me
-            rw._check_invariants()
+            check_invariants(rw)
             rw.writer.release()
             assert rw.statistics().writer == me  # the second level came back too
             rw.writer.release()
             assert rw.statistics().writer is None
             with pytest.raises(RuntimeError):
                 rw.writer.release()
-    rw._check_invariants()
+    check_invariants(rw)
     assert rw.version % 2 == 0
 
 
@@ -619,7 +621,7 @@ async def test_reentrant_reader_wait_releases_every_level_and_restores_them() ->
             tg.start_soon(notifier)
             await cond.wait()
             assert wrote.is_set()
-            rw._check_invariants()
+            check_invariants(rw)
             # Both levels are back: a writer has to wait until both are released.
             tg.start_soon(writer, second_write)
             await settle()
@@ -632,7 +634,7 @@ async def test_reentrant_reader_wait_releases_every_level_and_restores_them() ->
             assert second_write.is_set()
     with pytest.raises(RuntimeError):
         rw.reader.release()
-    rw._check_invariants()
+    check_invariants(rw)
     assert rw.statistics().readers == 0
 
 
@@ -663,9 +665,9 @@ async def test_reader_condition_wakes_many_readers_that_then_read_together() -> 
             await settle()
             assert inside == 10
             assert rw.statistics().readers == 10  # all of them hold read at once
-            rw._check_invariants()
+            check_invariants(rw)
             go.set()
-    rw._check_invariants()
+    check_invariants(rw)
     assert rw.statistics().readers == 0
 
 
@@ -1187,7 +1189,7 @@ async def test_writer_exit_breaks_sleepers_of_a_reader_condition() -> None:
                 await s.done.wait()
             assert [s.outcome for s in crew] == ["broken", "broken"]
             assert not any(s.held_after for s in crew)
-            rw._check_invariants()
+            check_invariants(rw)
 
 
 async def test_reader_exit_does_not_break_a_reader_condition() -> None:
@@ -1210,7 +1212,7 @@ async def test_reader_exit_does_not_break_a_reader_condition() -> None:
             assert [s.outcome for s in crew] == ["returned", "returned"]
             assert all(s.held_after for s in crew)
             assert all(s.release_error is None for s in crew)
-            rw._check_invariants()
+            check_invariants(rw)
 
 
 # --- where and when the condition is made ------------------------------------------------------
@@ -1341,7 +1343,7 @@ async def test_repr_is_readable_and_shows_waiters_and_name() -> None:
     assert "jobs" in free
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
-            made = Made(cond, None, cond.lock._check_invariants)
+            made = Made(cond, None, partial(check_invariants, cond.lock))
             await start_sleepers(tg, made, 2)
             waiting = repr(cond)
             assert waiting != free

@@ -20,6 +20,7 @@ import pytest
 import aiolocks
 from aiolocks import Condition, DeadlockError, Lock, LockOrderError, LockOrderWarning, RWLock
 from aiolocks import debug as dbg
+from aiolocks._introspect import check_invariants
 
 pytestmark = pytest.mark.anyio
 
@@ -36,17 +37,6 @@ def debug_mode() -> Iterator[None]:
         yield
     finally:
         dbg.disable()
-        if was_on:
-            dbg.enable()
-
-
-@pytest.fixture
-def debug_off() -> Iterator[None]:
-    was_on = dbg.enabled()
-    dbg.disable()
-    try:
-        yield
-    finally:
         if was_on:
             dbg.enable()
 
@@ -585,7 +575,7 @@ async def test_no_false_positives_under_random_cancellation(debug_mode: None) ->
             for n in range(60):
                 tg.start_soon(worker, n)
     for lock in locks:
-        lock._check_invariants()
+        check_invariants(lock)
         assert not (lock.locked() if isinstance(lock, Lock) else lock.writer.locked())
 
 
@@ -643,3 +633,100 @@ async def test_snapshot_ignores_other_users_of_the_task_machinery(debug_off: Non
     _backend.resolve_task(keep)
     assert keep not in _backend.LIVE
     dbg.snapshot()
+
+
+# -- lock classes: a keyed table's entries are one lock for the order checker --------------------
+
+
+async def test_keyed_table_orders_survive_entries_being_dropped(debug_mode: None) -> None:
+    accounts: aiolocks.KeyedRWLock[int] = aiolocks.KeyedRWLock(name="accounts")
+    audit = Lock(name="audit")
+    with anyio.fail_after(5):
+        async with accounts[1].writer, audit:  # accounts[*] -> audit
+            pass
+        gc.collect()
+        assert 1 not in accounts  # the entry that taught the order is gone
+        async with audit:
+            with pytest.raises(LockOrderError) as err:
+                async with accounts[2].reader:  # another key, inverted
+                    pass
+            assert not accounts[2].reader.locked()
+    message = str(err.value)
+    assert "RWLock 'accounts[2]' (read)" in message  # the lock being taken, by its key
+    assert "the locks of KeyedRWLock 'accounts'" in message  # the order, by its class
+
+
+async def test_orders_between_two_tables_hold_for_every_key(debug_mode: None) -> None:
+    users: aiolocks.KeyedLock[str] = aiolocks.KeyedLock(name="users")
+    carts: aiolocks.KeyedLock[str] = aiolocks.KeyedLock(name="carts")
+    with anyio.fail_after(5):
+        async with users["ann"], carts["ann"]:
+            pass
+        async with carts["bob"]:
+            with pytest.raises(LockOrderError, match="the locks of KeyedLock 'users'"):
+                async with users["bob"]:
+                    pass
+
+
+async def test_nesting_entries_of_one_table_in_key_order_is_not_reported(
+    debug_mode: None,
+) -> None:
+    """The documented way: nest entries of one table in one fixed key order (sorted keys)."""
+    accounts: aiolocks.KeyedRWLock[int] = aiolocks.KeyedRWLock(name="accounts")
+    rng = random.Random(4)
+    with anyio.fail_after(5):
+        for _ in range(50):
+            low, high = sorted(rng.sample(range(10), 2))
+            async with accounts[low].writer, accounts[high].writer:
+                pass
+        # two entries nested both ways while they live: that is an inversion
+        first, second = accounts[100], accounts[200]
+        async with first.writer, second.writer:
+            pass
+        async with second.writer:
+            with pytest.raises(LockOrderError, match=r"'accounts\[100\]'"):
+                async with first.writer:
+                    pass
+
+
+# -- every lock named in reports -----------------------------------------------------------------
+
+
+async def test_a_condition_contended_as_a_lock_is_reported_under_its_name(
+    debug_off: None,
+) -> None:
+    cond = Condition(name="jobs")
+    holding, release = anyio.Event(), anyio.Event()
+
+    async def holder() -> None:
+        async with cond:
+            holding.set()
+            await release.wait()
+
+    async def contender() -> None:
+        async with cond:
+            pass
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(holder, name="holder")
+            await holding.wait()
+            tg.start_soon(contender, name="contender")
+            await anyio.wait_all_tasks_blocked()
+            out = io.StringIO()
+            dbg.dump(out)
+            release.set()
+    text = out.getvalue()
+    assert "Lock 'jobs'\n    held    exclusive  by task 'holder'" in text
+    assert "waiting exclusive  task 'contender'" in text
+    assert "Lock at 0x" not in text
+
+
+async def test_a_lock_collection_and_its_guards_show_its_name() -> None:
+    coll = aiolocks.LockCollection(Lock(), Lock(), name="pair")
+    assert "LockCollection 'pair' of 2 lock(s)" in repr(coll)
+    with anyio.fail_after(5):
+        async with coll.lock(aiolocks.TaskKey.get()) as guard:
+            assert "CollectionGuard of 'pair' holding 2 lock(s)" in repr(guard)
+    with pytest.raises(TypeError, match="name must be a str"):
+        aiolocks.LockCollection(Lock(), name=3)  # type: ignore[arg-type]

@@ -64,7 +64,14 @@ def test_every_docs_page_is_in_the_nav() -> None:
 
 
 @pytest.mark.parametrize(
-    "module", ["aiolocks", "aiolocks.debug", "aiolocks.postgres", "aiolocks.postgres.testing"]
+    "module",
+    [
+        "aiolocks",
+        "aiolocks.debug",
+        "aiolocks.telemetry",
+        "aiolocks.postgres",
+        "aiolocks.postgres.testing",
+    ],
 )
 def test_the_api_reference_covers_every_public_name(module: str) -> None:
     public = importlib.import_module(module).__all__

@@ -28,6 +28,8 @@ import httpx
 import pytest
 import uvicorn
 
+from aiolocks._introspect import check_invariants
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 USERS = ("alice", "bob", "carol", "dave")
 _module_ids = itertools.count()
@@ -212,7 +214,7 @@ async def test_starlette_cache_under_concurrent_requests_is_never_torn_and_loses
     assert stats.version == 2 * N_REFRESHES
     gc.collect()  # an idle per-user lock is freed by the collector (lock and views form a cycle)
     assert len(shop.cart_locks) == 0, "the KeyedRWLock kept idle per-user locks alive"
-    shop.cache_lock._check_invariants()
+    check_invariants(shop.cache_lock)
 
 
 @pytest.mark.anyio

@@ -17,6 +17,7 @@ import inspect
 import random
 import weakref
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 import anyio
@@ -28,6 +29,7 @@ import trio
 
 import aiolocks
 import aiolocks.threadsafe
+from aiolocks._introspect import check_invariants
 
 pytestmark = pytest.mark.anyio
 
@@ -52,52 +54,52 @@ class LockFactory(NamedTuple):
 
 def _lock(**kwargs: Any) -> Made:
     lock = aiolocks.Lock(**kwargs)
-    return Made(lock, lock._check_invariants)
+    return Made(lock, partial(check_invariants, lock))
 
 
 def _rw_writer(**kwargs: Any) -> Made:
     rw = aiolocks.RWLock(**kwargs)
-    return Made(rw.writer, rw._check_invariants)
+    return Made(rw.writer, partial(check_invariants, rw))
 
 
 def _rw_reader(**kwargs: Any) -> Made:
     rw = aiolocks.RWLock(**kwargs)
-    return Made(rw.reader, rw._check_invariants)
+    return Made(rw.reader, partial(check_invariants, rw))
 
 
 def _condition() -> Made:
     cond = aiolocks.Condition()
-    return Made(cond, cond.lock._check_invariants)
+    return Made(cond, partial(check_invariants, cond.lock))
 
 
 def _condition_writer() -> Made:
     rw = aiolocks.RWLock()
-    return Made(aiolocks.Condition(rw.writer), rw._check_invariants)
+    return Made(aiolocks.Condition(rw.writer), partial(check_invariants, rw))
 
 
 def _ts_lock() -> Made:
     lock = aiolocks.threadsafe.Lock()
-    return Made(lock, lock._check_invariants)
+    return Made(lock, partial(check_invariants, lock))
 
 
 def _ts_rw_writer() -> Made:
     rw = aiolocks.threadsafe.RWLock()
-    return Made(rw.writer, rw._check_invariants)
+    return Made(rw.writer, partial(check_invariants, rw))
 
 
 def _ts_rw_reader() -> Made:
     rw = aiolocks.threadsafe.RWLock()
-    return Made(rw.reader, rw._check_invariants)
+    return Made(rw.reader, partial(check_invariants, rw))
 
 
 def _ts_condition() -> Made:
     cond = aiolocks.threadsafe.Condition()
-    return Made(cond, cond._prim._check_invariants)
+    return Made(cond, partial(check_invariants, cond._prim))
 
 
 def _ts_condition_writer() -> Made:
     rw = aiolocks.threadsafe.RWLock()
-    return Made(aiolocks.threadsafe.Condition(rw.writer), rw._check_invariants)
+    return Made(aiolocks.threadsafe.Condition(rw.writer), partial(check_invariants, rw))
 
 
 FACTORIES: list[LockFactory] = [

@@ -14,6 +14,7 @@ import trio
 import trio.testing
 
 import aiolocks
+from aiolocks._introspect import check_invariants
 
 pytestmark = pytest.mark.anyio
 
@@ -50,15 +51,15 @@ async def test_reacquire_by_holder_raises_deadlockerror_at_once(lock: aiolocks.L
         with pytest.raises(aiolocks.DeadlockError):
             await lock.acquire()
         assert _state(lock) == before
-        lock._check_invariants()
+        check_invariants(lock)
         with pytest.raises(aiolocks.DeadlockError):
             lock.acquire_nowait()
         assert _state(lock) == before
-        lock._check_invariants()
+        check_invariants(lock)
         # One release frees it: the failed attempts left no extra level behind.
         lock.release()
     assert _state(lock) == (False, False, None, 0)
-    lock._check_invariants()
+    check_invariants(lock)
 
 
 async def test_reacquire_by_holder_with_waiters_queued_raises_instead_of_queueing(
@@ -81,10 +82,10 @@ async def test_reacquire_by_holder_with_waiters_queued_raises_instead_of_queuein
             with pytest.raises(aiolocks.DeadlockError):
                 lock.acquire_nowait()
             assert _state(lock) == before
-            lock._check_invariants()
+            check_invariants(lock)
             lock.release()
     assert order == ["waiter"]
-    lock._check_invariants()
+    check_invariants(lock)
 
 
 # --- hand-off ----------------------------------------------------------------------------------
@@ -111,7 +112,7 @@ async def test_release_hands_ownership_to_next_waiter_before_it_runs(lock: aiolo
             assert stats.tasks_waiting == 0
             with pytest.raises(anyio.WouldBlock):
                 lock.acquire_nowait()
-            lock._check_invariants()
+            check_invariants(lock)
     assert not lock.locked()
 
 
@@ -135,7 +136,7 @@ async def test_releaser_that_reacquires_queues_behind_existing_waiters(
             async with lock:
                 order.append("releaser")
     assert order == ["a", "b", "releaser"]
-    lock._check_invariants()
+    check_invariants(lock)
 
 
 async def test_each_release_hands_to_exactly_one_waiter(lock: aiolocks.Lock) -> None:
@@ -159,7 +160,7 @@ async def test_each_release_hands_to_exactly_one_waiter(lock: aiolocks.Lock) -> 
             assert lock.statistics().tasks_waiting == 5
             lock.release()
             assert lock.statistics().tasks_waiting == 4
-            lock._check_invariants()
+            check_invariants(lock)
     assert peak == 1
     assert _state(lock) == (False, False, None, 0)
 
@@ -225,10 +226,10 @@ async def test_asyncio_task_cancel_removes_parked_waiter(lock: aiolocks.Lock) ->
         assert task.cancelled()
         assert lock.statistics().tasks_waiting == 0
         assert lock.statistics().owner == anyio.get_current_task()
-        lock._check_invariants()
+        check_invariants(lock)
         lock.release()
     assert _state(lock) == (False, False, None, 0)
-    lock._check_invariants()
+    check_invariants(lock)
 
 
 @_ASYNCIO_ONLY
@@ -254,7 +255,7 @@ async def test_asyncio_task_cancel_after_grant_passes_lock_to_next_waiter(
     assert first.cancelled()
     assert order == ["second"]
     assert _state(lock) == (False, False, None, 0)
-    lock._check_invariants()
+    check_invariants(lock)
 
 
 @_ASYNCIO_ONLY
@@ -281,7 +282,7 @@ async def test_asyncio_task_cancel_just_before_release_skips_that_waiter(
     assert first.cancelled()
     assert order == ["second"]
     assert _state(lock) == (False, False, None, 0)
-    lock._check_invariants()
+    check_invariants(lock)
 
 
 @_ASYNCIO_ONLY
@@ -300,7 +301,7 @@ async def test_asyncio_wait_for_timeout_on_contended_acquire_leaves_no_waiter(
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(lock.acquire(), timeout=0.01)
         assert lock.statistics().tasks_waiting == 0
-        lock._check_invariants()
+        check_invariants(lock)
         done.set()
         await holder
     assert _state(lock) == (False, False, None, 0)
@@ -328,10 +329,10 @@ async def test_trio_cancel_scope_removes_parked_waiter(lock: aiolocks.Lock) -> N
             await trio.testing.wait_all_tasks_blocked()
             assert scope.cancelled_caught
             assert lock.statistics().tasks_waiting == 0
-            lock._check_invariants()
+            check_invariants(lock)
             lock.release()
     assert _state(lock) == (False, False, None, 0)
-    lock._check_invariants()
+    check_invariants(lock)
 
 
 @_TRIO_ONLY
@@ -361,7 +362,7 @@ async def test_trio_move_on_after_contended_acquire_then_lock_goes_to_next_waite
             assert lock.statistics().tasks_waiting == 2
             await gave_up.wait()
             assert lock.statistics().tasks_waiting == 1
-            lock._check_invariants()
+            check_invariants(lock)
             lock.release()
     assert order == ["patient"]
-    lock._check_invariants()
+    check_invariants(lock)

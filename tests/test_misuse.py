@@ -6,6 +6,7 @@ import asyncio
 import re
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 import anyio
@@ -13,6 +14,7 @@ import anyio.to_thread
 import pytest
 
 import aiolocks
+from aiolocks._introspect import check_invariants
 
 pytestmark = pytest.mark.anyio
 
@@ -27,17 +29,17 @@ class Case(NamedTuple):
 
 def _lock(**kwargs: Any) -> Case:
     lock = aiolocks.Lock(**kwargs)
-    return Case(lock, lock._check_invariants)
+    return Case(lock, partial(check_invariants, lock))
 
 
 def _writer() -> Case:
     rw = aiolocks.RWLock()
-    return Case(rw.writer, rw._check_invariants)
+    return Case(rw.writer, partial(check_invariants, rw))
 
 
 def _reader() -> Case:
     rw = aiolocks.RWLock()
-    return Case(rw.reader, rw._check_invariants)
+    return Case(rw.reader, partial(check_invariants, rw))
 
 
 _CASES = [
@@ -223,10 +225,10 @@ async def test_use_from_second_loop_while_first_loop_waits_raises_runtimeerror()
             outcome = await anyio.to_thread.run_sync(_attempt_in_other_loop, lock)
             assert isinstance(outcome["acquire"], RuntimeError)
             assert lock.statistics() == before
-            lock._check_invariants()
+            check_invariants(lock)
             lock.release()
     assert not lock.locked()
-    lock._check_invariants()
+    check_invariants(lock)
 
 
 # --- constructor arguments ------------------------------------------------------------------
@@ -267,7 +269,7 @@ async def test_downgrade_without_any_hold_raises_runtimeerror() -> None:
     with pytest.raises(RuntimeError, match=r"(?i)write|hold|held"):
         rw.writer.downgrade()
     assert rw.statistics() == before
-    rw._check_invariants()
+    check_invariants(rw)
 
 
 async def test_downgrade_while_holding_only_read_raises_runtimeerror() -> None:
@@ -277,9 +279,9 @@ async def test_downgrade_while_holding_only_read_raises_runtimeerror() -> None:
         with pytest.raises(RuntimeError, match=r"(?i)write|hold|held"):
             rw.writer.downgrade()
         assert rw.statistics() == before
-        rw._check_invariants()
+        check_invariants(rw)
     assert rw.statistics().readers == 0
-    rw._check_invariants()
+    check_invariants(rw)
 
 
 async def test_downgrade_by_task_not_holding_the_write_raises_runtimeerror() -> None:
@@ -300,10 +302,10 @@ async def test_downgrade_by_task_not_holding_the_write_raises_runtimeerror() -> 
             with pytest.raises(RuntimeError, match=r"(?i)write|hold|held|own"):
                 rw.writer.downgrade()
             assert rw.statistics() == before
-            rw._check_invariants()
+            check_invariants(rw)
             done.set()
     assert not rw.writer.locked()
-    rw._check_invariants()
+    check_invariants(rw)
 
 
 async def test_downgrade_of_reentrant_write_hold_raises_runtimeerror() -> None:
@@ -314,9 +316,9 @@ async def test_downgrade_of_reentrant_write_hold_raises_runtimeerror() -> None:
             rw.writer.downgrade()
         assert rw.statistics() == before
         assert rw.statistics().writer == anyio.get_current_task()
-        rw._check_invariants()
+        check_invariants(rw)
     assert rw.statistics().writer is None
-    rw._check_invariants()
+    check_invariants(rw)
 
 
 async def test_read_to_write_upgrade_raises_deadlockerror_and_keeps_read() -> None:
@@ -329,9 +331,9 @@ async def test_read_to_write_upgrade_raises_deadlockerror_and_keeps_read() -> No
             rw.writer.acquire_nowait()
         assert rw.statistics() == before
         assert rw.statistics().readers == 1
-        rw._check_invariants()
+        check_invariants(rw)
     assert rw.statistics().readers == 0
-    rw._check_invariants()
+    check_invariants(rw)
 
 
 # --- messages that say what to write instead -------------------------------------------------

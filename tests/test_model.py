@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from _actors import IDLE, Actor, Op, actors, assert_idle, settle, snap  # noqa: F401
 from aiolocks import RWLock
+from aiolocks._introspect import check_invariants
 
 ACTORS = 6
 
@@ -284,7 +285,7 @@ class Driver:
     def compare(self) -> None:
         model, rw = self.model, self.rw
         where = " -> ".join(self.log)
-        rw._check_invariants()
+        check_invariants(rw)
         assert self.hold == model.hold, f"holders differ after {where}"
         assert set(self.pending) == model.waiting(), f"waiters differ after {where}"
         stats = rw.statistics()

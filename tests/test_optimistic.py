@@ -21,6 +21,7 @@ import pytest
 
 from _actors import actors, assert_idle, settle, snap
 from aiolocks import DeadlockError, RWLock, RWLockStatistics
+from aiolocks._introspect import check_invariants
 
 pytestmark = pytest.mark.anyio
 
@@ -576,7 +577,7 @@ async def test_cancelled_while_waiting_for_the_read_lock_leaves_no_waiter(
         await settle()
         assert reading.cancelled
         assert snap(rw) == (0, w.info, 0, 0)
-        rw._check_invariants()
+        check_invariants(rw)
         await w.run(rw.writer.release)
     assert runs == 1
     assert_idle(rw)
@@ -715,7 +716,7 @@ async def _torn_round(rw: RWLock, seed: int, tally: Tally) -> None:
                 tally.first_run_ok += 1
             else:
                 tally.reran += 1
-            rw._check_invariants()
+            check_invariants(rw)
 
     async with anyio.create_task_group() as tg:
         for _ in range(rng.randrange(1, 4)):
@@ -886,7 +887,7 @@ async def test_acquire_if_unchanged_cancelled_while_waiting_holds_nothing(
         await settle()
         assert attempt.cancelled
         assert snap(rw) == (1, None, 0, 0)
-        rw._check_invariants()
+        check_invariants(rw)
         await r.run(rw.reader.release)
         assert_idle(rw)
         assert rw.validate(stamp), "a cancelled attempt wrote nothing"
@@ -913,7 +914,7 @@ async def test_acquire_if_unchanged_while_holding_write_is_false(rw: RWLock) -> 
             assert await rw.writer.acquire_if_unchanged(during_own_write) is False
         assert snap(rw) == (0, me(), 0, 0)
         assert rw.version == 1
-        rw._check_invariants()
+        check_invariants(rw)
     assert_idle(rw)  # exactly one write level was held: no extra level leaked
 
 
@@ -976,5 +977,5 @@ async def test_acquire_if_unchanged_by_a_reader_raises_deadlock_whatever_the_sta
         async with rw.upgradable:
             with pytest.raises(DeadlockError):
                 await rw.writer.acquire_if_unchanged(stale)
-    rw._check_invariants()
+    check_invariants(rw)
     assert rw.statistics().readers == 0

@@ -26,6 +26,7 @@ import aiolocks
 from _actors import actors, settle
 from aiolocks import Condition, DeadlockError, Lock, LockCollection, RWLock, TaskKey
 from aiolocks import debug as dbg
+from aiolocks._introspect import check_invariants
 
 pytestmark = pytest.mark.anyio
 
@@ -152,7 +153,7 @@ async def test_releasing_a_downgraded_write_hold_releases_the_read_hold(
         assert not rw.writer.locked()
         await other.run(rw.writer.acquire_nowait)  # free at once for another task
         await other.run(rw.writer.release)
-    rw._check_invariants()
+    check_invariants(rw)
 
 
 async def test_downgrade_admits_waiting_readers_and_leaving_the_block_admits_the_writer() -> None:
@@ -241,7 +242,7 @@ def _assert_free(prim: Any) -> None:
     if rw is not None:
         assert not (rw.reader.locked() or rw.writer.locked() or rw.upgradable.locked())
         assert rw.statistics().readers == 0
-        rw._check_invariants()
+        check_invariants(rw)
     else:
         assert not prim.locked()
 

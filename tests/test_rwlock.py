@@ -18,6 +18,7 @@ import sniffio
 import aiolocks
 from _actors import IDLE, Actor, Op, actors, assert_idle, settle, snap  # noqa: F401
 from aiolocks import DeadlockError, RWLock
+from aiolocks._introspect import check_invariants
 
 pytestmark = pytest.mark.anyio
 
@@ -41,7 +42,7 @@ async def test_many_readers_hold_at_once(rw: RWLock) -> None:
         with anyio.fail_after(1):
             await rw.reader.acquire()
         assert snap(rw) == (5, None, 0, 0)
-        rw._check_invariants()
+        check_invariants(rw)
         rw.reader.release()
         for actor in crew:
             await actor.run(rw.reader.release)
@@ -62,7 +63,7 @@ async def test_writer_excludes_readers_and_writers(rw: RWLock) -> None:
             rw.reader.acquire_nowait()
         with pytest.raises(anyio.WouldBlock):
             rw.writer.acquire_nowait()
-        rw._check_invariants()
+        check_invariants(rw)
 
         await w1.run(rw.writer.release)
         await settle()
@@ -244,7 +245,7 @@ async def test_read_to_write_upgrade_raises_deadlock_at_once_leaving_state_untou
         with pytest.raises(DeadlockError):
             await r.run(rw.writer.acquire)
         assert (snap(rw), rw.version) == before
-        rw._check_invariants()
+        check_invariants(rw)
         await r.run(rw.reader.release)
         assert writing.ok
         await w.run(rw.writer.release)
@@ -520,7 +521,7 @@ async def test_downgrade_after_upgrade_returns_to_the_upgradable_hold(rw: RWLock
 async def test_acquire_nowait_succeeds_on_a_free_lock(rw: RWLock) -> None:
     for view in (rw.reader, rw.writer, rw.upgradable):
         view.acquire_nowait()
-        rw._check_invariants()
+        check_invariants(rw)
         view.release()
         assert_idle(rw)
 
@@ -581,7 +582,7 @@ async def test_release_without_holding_raises_runtime_error_leaving_state_untouc
         with pytest.raises(RuntimeError):
             await r.run(rw.upgradable.release)
         assert snap(rw) == before
-        rw._check_invariants()
+        check_invariants(rw)
         await r.run(rw.reader.release)
         await u.run(rw.upgradable.release)
         assert writing.ok
@@ -714,7 +715,7 @@ async def test_owner_exiting_with_read_breaks_writers_but_not_readers(rw: RWLock
             await late.run(rw.writer.acquire)
         with pytest.raises(anyio.WouldBlock):
             await late.run(rw.writer.acquire_nowait)
-        rw._check_invariants()
+        check_invariants(rw)
 
 
 async def test_owner_exiting_with_write_breaks_readers_and_writers(rw: RWLock) -> None:
@@ -734,7 +735,7 @@ async def test_owner_exiting_with_write_breaks_readers_and_writers(rw: RWLock) -
                 await late.run(view.acquire)
             with pytest.raises(anyio.WouldBlock):
                 await late.run(view.acquire_nowait)
-        rw._check_invariants()
+        check_invariants(rw)
 
 
 # --- checkpoints and fast_acquire ----------------------------------------------------------------

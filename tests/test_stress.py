@@ -1,7 +1,7 @@
 """Stress: hundreds of tasks doing random lock operations under random cancellation.
 
 Every task checks mutual exclusion when it enters and leaves a hold and calls the lock's
-`_check_invariants()` after each step; a monitor task checks the invariants at every scheduling
+`check_invariants()` after each step; a monitor task checks the invariants at every scheduling
 round. Runs are seeded: a failure message names the seed, so it can be replayed.
 """
 
@@ -19,6 +19,7 @@ import pytest
 
 import aiolocks
 from aiolocks import RWLock
+from aiolocks._introspect import check_invariants
 
 pytestmark = pytest.mark.anyio
 
@@ -44,7 +45,7 @@ class Exclusion:
         if self.writers:
             assert self.readers == 0, "a reader with a writer"
             assert self.upgradable == 0, "an upgradable holder with a writer"
-        self.rw._check_invariants()
+        check_invariants(self.rw)
 
     def enter(self, mode: str) -> None:
         setattr(self, mode, getattr(self, mode) + 1)
@@ -216,7 +217,7 @@ async def _stress_rwlock(seed: int, fast: bool) -> None:
             cancels.finished = True
 
     assert (ex.readers, ex.upgradable, ex.writers) == (0, 0, 0)
-    rw._check_invariants()
+    check_invariants(rw)
     stats = rw.statistics()
     assert (stats.readers, stats.writer, stats.readers_waiting, stats.writers_waiting) == (
         0,
@@ -246,7 +247,7 @@ async def _stress_lock(seed: int, fast: bool) -> None:
 
     def check() -> None:
         assert len(inside) <= 1, "two tasks inside the lock"
-        lock._check_invariants()
+        check_invariants(lock)
 
     async def worker(rng: random.Random) -> None:
         nonlocal acquired

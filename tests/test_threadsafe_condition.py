@@ -10,6 +10,7 @@ import anyio
 import pytest
 
 from _threads import DEADLINE, TrioThread, loop_threads, start_thread, wait_until
+from aiolocks._introspect import check_invariants
 from aiolocks.threadsafe import Condition, Lock, RWLock
 from test_threadsafe_stress import fast_switching  # noqa: F401 - the fixture
 
@@ -74,7 +75,7 @@ def test_reentrant_writer_wait_restores_every_level() -> None:
         assert cond.wait_blocking(timeout=0.01) is False
         assert rw.writer.locked()
     assert not rw.writer.locked()
-    rw._check_invariants()
+    check_invariants(rw)
 
 
 @pytest.mark.anyio

@@ -21,6 +21,7 @@ import aiolocks
 import aiolocks.debug
 from _threads import DEADLINE, LoopThread, TrioThread, loop_threads, start_thread, wait_until
 from aiolocks import DeadlockError
+from aiolocks._introspect import check_invariants
 from aiolocks.threadsafe import Lock
 
 
@@ -51,7 +52,7 @@ def test_threads_exclude_each_other_and_no_update_is_lost() -> None:
         fut.result(DEADLINE)
     assert counter == 8 * 300
     assert not lock.locked()
-    lock._check_invariants()
+    check_invariants(lock)
 
 
 def test_acquire_blocking_times_out_holding_nothing() -> None:
@@ -64,7 +65,7 @@ def test_acquire_blocking_times_out_holding_nothing() -> None:
     assert fut.result(DEADLINE) is False
     lock.release()
     assert not lock.locked()
-    lock._check_invariants()
+    check_invariants(lock)
 
 
 def test_acquire_blocking_returns_true_when_handed_the_lock() -> None:
@@ -140,7 +141,7 @@ def test_timed_out_thread_leaves_the_queue_and_the_next_is_served() -> None:
     lock.release()
     assert fut.result(DEADLINE) is True
     assert not lock.locked()
-    lock._check_invariants()
+    check_invariants(lock)
 
 
 def test_thread_exiting_while_holding_breaks_the_lock() -> None:
@@ -153,7 +154,7 @@ def test_thread_exiting_while_holding_breaks_the_lock() -> None:
         lock.acquire_blocking(timeout=DEADLINE)
     with pytest.raises(anyio.WouldBlock):
         lock.acquire_nowait()
-    lock._check_invariants()
+    check_invariants(lock)
 
 
 def test_thread_exiting_while_holding_fails_threads_already_waiting() -> None:
@@ -174,7 +175,7 @@ def test_thread_exiting_while_holding_fails_threads_already_waiting() -> None:
         with pytest.raises(anyio.BrokenResourceError):
             fut.result(DEADLINE)
     assert _waiting(lock) == 0
-    lock._check_invariants()
+    check_invariants(lock)
 
 
 def test_lock_is_not_kept_alive_by_a_thread_that_held_it() -> None:
@@ -249,7 +250,7 @@ async def test_thread_and_task_hand_off_in_arrival_order(anyio_backend: Any) -> 
             lock.release()
     assert order == ["thread a", "task b", "thread c"]
     assert not lock.locked()
-    lock._check_invariants()
+    check_invariants(lock)
 
 
 @pytest.mark.anyio
@@ -297,7 +298,7 @@ async def test_task_waiting_behind_a_thread_that_exits_holding_gets_broken(
             tg.start_soon(waiter)
             await anyio.to_thread.run_sync(thread.join, DEADLINE)
             await anyio.to_thread.run_sync(gc.collect)
-    lock._check_invariants()
+    check_invariants(lock)
 
 
 def test_thread_waiting_behind_a_task_that_exits_holding_gets_broken() -> None:
@@ -317,7 +318,7 @@ def test_thread_waiting_behind_a_task_that_exits_holding_gets_broken() -> None:
         fut.result(DEADLINE)
         with pytest.raises(anyio.BrokenResourceError):
             waiter.result(DEADLINE)
-    lock._check_invariants()
+    check_invariants(lock)
 
 
 def test_tasks_of_four_loops_and_threads_count_exactly() -> None:
@@ -358,7 +359,7 @@ def test_tasks_of_four_loops_and_threads_count_exactly() -> None:
     trio_thread.close()
     assert counter == rounds * (12 + 3 + 4)
     assert not lock.locked()
-    lock._check_invariants()
+    check_invariants(lock)
 
 
 def test_cancelled_cross_loop_waiters_never_keep_the_lock() -> None:
@@ -391,7 +392,7 @@ def test_cancelled_cross_loop_waiters_never_keep_the_lock() -> None:
     assert acquired > 0
     assert not lock.locked()
     assert _waiting(lock) == 0
-    lock._check_invariants()
+    check_invariants(lock)
 
 
 # --- with the rest of aiolocks -----------------------------------------------------------------

@@ -17,6 +17,7 @@ import trio
 
 from _threads import DEADLINE, TrioThread, loop_threads, start_thread, wait_until
 from aiolocks import DeadlockError
+from aiolocks._introspect import check_invariants
 from aiolocks.threadsafe import RWLock
 from test_rwlock import (  # noqa: F401 - collected here, over the thread-safe lock
     test_acquire_nowait_never_jumps_a_waiting_writer,
@@ -109,7 +110,7 @@ def test_threads_read_together_and_write_alone() -> None:
         fut.result(DEADLINE)
     assert counter == sum(1 for i in range(8) for j in range(200) if (i + j) % 4 == 0)
     assert _snap(rw) == (0, None, 0, 0)
-    rw._check_invariants()
+    check_invariants(rw)
 
 
 def test_thread_read_to_write_upgrade_raises_deadlock() -> None:
@@ -138,7 +139,7 @@ def test_thread_writer_times_out_behind_a_reader_and_readers_behind_it_go() -> N
     assert reader.result(DEADLINE) is True  # ... and admitted once it timed out
     rw.reader.release()
     assert _snap(rw) == (0, None, 0, 0)
-    rw._check_invariants()
+    check_invariants(rw)
 
 
 def test_thread_downgrade_admits_waiting_readers() -> None:
@@ -227,7 +228,7 @@ def test_readers_on_four_loops_and_threads_share_while_writers_exclude() -> None
     trio_thread.close()
     assert counter == writes > 0
     assert _snap(rw) == (0, None, 0, 0)
-    rw._check_invariants()
+    check_invariants(rw)
 
 
 def test_trio_writer_hands_off_to_thread_readers() -> None:

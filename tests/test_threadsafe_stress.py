@@ -20,6 +20,7 @@ import anyio.lowlevel
 import pytest
 
 from _threads import DEADLINE, TrioThread, loop_threads, start_thread
+from aiolocks._introspect import check_invariants
 from aiolocks.threadsafe import Lock, RWLock
 
 ROUNDS = 150
@@ -108,7 +109,7 @@ async def _async_worker(ledger: Ledger, seed: int) -> None:
                     await rw.upgradable.upgrade()
                     with ledger.inside("w"):
                         ledger.write()
-        rw._check_invariants()
+        check_invariants(rw)
 
 
 def _thread_worker(ledger: Ledger, seed: int) -> None:
@@ -125,7 +126,7 @@ def _thread_worker(ledger: Ledger, seed: int) -> None:
                     ledger.write()
         finally:
             view.release()
-        rw._check_invariants()
+        check_invariants(rw)
 
 
 @pytest.mark.usefixtures("fast_switching")
@@ -154,7 +155,7 @@ def test_rwlock_shared_by_loops_trio_and_threads_keeps_its_invariants() -> None:
         0,
         0,
     )
-    rw._check_invariants()
+    check_invariants(rw)
 
 
 @pytest.mark.usefixtures("fast_switching")
@@ -197,4 +198,4 @@ def test_lock_shared_by_loops_trio_and_threads_loses_no_update() -> None:
     assert counts["counter"] == counts["done"] > 0
     assert not lock.locked()
     assert lock.statistics().tasks_waiting == 0
-    lock._check_invariants()
+    check_invariants(lock)

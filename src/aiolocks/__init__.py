@@ -53,3 +53,8 @@ from . import debug
 
 if _os.environ.get("AIOLOCKS_DEBUG"):
     debug._enable_from_environment(_os.environ["AIOLOCKS_DEBUG"])
+if _os.environ.get("AIOLOCKS_DUMP_SIGNAL"):
+    from ._dump import _from_environment
+
+    _from_environment(_os.environ["AIOLOCKS_DUMP_SIGNAL"])
+    del _from_environment

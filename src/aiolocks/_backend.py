@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable
 
 __all__ = [
+    "LISTED",
     "LIVE",
     "READY",
     "TASK_OF_PATH",
@@ -160,6 +161,11 @@ _trio_current_task: Callable[[], Any] = _no_trio
 #: paths pay nothing; weak, so it keeps nothing alive.
 LIVE: WeakSet[Any] = WeakSet()
 
+#: The classes whose instances join :data:`LIVE`: the primitives ``aiolocks._introspect`` can
+#: read (it sets this when ``import aiolocks`` loads it); other users of :func:`resolve_task`,
+#: such as the postgres backend's engine, are not listed.
+LISTED: tuple[type, ...] = ()
+
 
 def resolve_task(prim: Bindable) -> Any:
     """Return the current task the slow way, binding ``prim`` to the caller's event loop.
@@ -221,7 +227,7 @@ def _bind(prim: Bindable, loop: Any, tid: Any) -> None:
         )
     prim._loop = loop
     prim._tid = tid
-    if hasattr(prim, "_debug_kind"):  # an aiolocks primitive (not a user of resolve_task)
+    if isinstance(prim, LISTED):
         LIVE.add(prim)
 
 

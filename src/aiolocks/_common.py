@@ -11,11 +11,13 @@ from weakref import WeakKeyDictionary, WeakSet
 from ._backend import READY, TRIO, task_name
 
 __all__ = [
+    "AsyncOnly",
     "add_sleeper",
     "check_flag",
     "lock_broken",
     "held_checkpoint",
     "name_of",
+    "repr_name",
     "no_sync_with",
     "not_holding",
     "set_name",
@@ -81,6 +83,18 @@ def no_sync_with(prim: object) -> NoReturn:
     )
 
 
+class AsyncOnly:
+    """Base of the async locks: a plain ``with lock:`` raises a TypeError naming ``async with``."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        no_sync_with(self)
+
+    def __exit__(self, *args: object) -> None:
+        no_sync_with(self)
+
+
 def who(task: Any) -> str:
     return "no task" if task is None else f"task {task_name(task)!r}"
 
@@ -126,6 +140,12 @@ def set_name(prim: object, name: str | None) -> None:
 def name_of(prim: object) -> str | None:
     """The name given to ``prim``, if any."""
     return _NAMES.get(prim)
+
+
+def repr_name(prim: object) -> str:
+    """``prim``'s name as its ``repr`` shows it: ``" 'name'"``, or ``""`` if it has none."""
+    name = _NAMES.get(prim)
+    return f" {name!r}" if name else ""
 
 
 # Conditions with tasks sleeping over a lock, by the lock's underlying primitive: when the lock

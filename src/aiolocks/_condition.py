@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, Protocol, TypeVar, final
+from typing import Any, TypeVar, final
 
 import anyio
 from anyio import BrokenResourceError
 
 from ._backend import READY, resolve_task, task_of, thread_mark
-from ._common import add_sleeper, name_of, no_sync_with, set_name, who
+from ._common import AsyncOnly, add_sleeper, repr_name, set_name, who
+from ._cvport import port_of, retake
 from ._lock import Lock
 from ._queue import GRANTED, Waiter, WaitQueue, new_waiter
 from ._rwlock import ReadLock, WriteLock
@@ -21,56 +22,8 @@ __all__ = ["Condition", "ConditionStatistics"]
 T = TypeVar("T")
 
 
-class _Port(Protocol):
-    """What a condition needs from its lock: the *condition port*.  :class:`~aiolocks.Lock`,
-    ``rw.writer`` and ``rw.reader`` implement it next to their own state; an
-    :class:`anyio.Lock` gets :class:`_AnyioPort`."""
-
-    _cv_mode: str  # how a sleeper shows in diagnostics: "exclusive", "write" or "read"
-
-    def _cv_holds(self, task: Any, waiting: bool = False) -> bool:
-        """Does ``task`` hold the lock (``waiting``: in a way ``wait()`` can let go of)?"""
-
-    def _cv_release(self, task: Any) -> int:
-        """Release every level ``task`` holds and return how many (refuse, changing nothing,
-        a hold that wait() could not restore)."""
-
-    def _cv_restore(self, task: Any, levels: int) -> None:
-        """``task`` holds one level again: give it back ``levels`` in all."""
-
-    def _cv_repark(self, waiter: Waiter) -> bool:
-        """Move a notified sleeper into the lock's own queue (it wakes up holding the lock);
-        False if the lock has none (the sleeper is then woken to take the lock back)."""
-
-
 @final
-class _AnyioPort:
-    """The condition port over an :class:`anyio.Lock` (one level, no queue to join)."""
-
-    __slots__ = ("_lock",)
-
-    _cv_mode = "exclusive"
-
-    def __init__(self, lock: anyio.Lock) -> None:
-        self._lock = lock
-
-    def _cv_holds(self, task: Any, waiting: bool = False) -> bool:
-        owner = self._lock.statistics().owner
-        return owner is not None and owner.id == id(task)
-
-    def _cv_release(self, task: Any) -> int:
-        self._lock.release()
-        return 1
-
-    def _cv_restore(self, task: Any, levels: int) -> None:
-        pass
-
-    def _cv_repark(self, waiter: Waiter) -> bool:
-        return False
-
-
-@final
-class Condition:
+class Condition(AsyncOnly):
     """Wait for a state change under a lock; notify the tasks waiting for it.
 
     Use it when tasks must sleep until shared state, protected by a lock, reaches some
@@ -118,19 +71,9 @@ class Condition:
     ) -> None:
         if lock is None:
             lock = Lock(name=name)  # its own lock is reported under the condition's name
-        port: _Port
-        if isinstance(lock, (Lock, WriteLock, ReadLock)):
-            port = lock
-        elif isinstance(lock, anyio.Lock):
-            port = _AnyioPort(lock)
-        else:
-            raise TypeError(
-                "Condition needs an aiolocks.Lock, rw.writer, rw.reader or anyio.Lock, not "
-                f"{type(lock).__module__}.{type(lock).__qualname__}"
-            )
+        self._port = port_of(lock)  # raises TypeError for anything else
         set_name(self, name)
         self._lock: Any = lock
-        self._port = port
         # the primitive whose breaking (a holder exited) wakes this condition's sleepers
         self._host: object = lock._rw if isinstance(lock, (WriteLock, ReadLock)) else lock
         self._q = WaitQueue()
@@ -144,9 +87,7 @@ class Condition:
         return self._lock  # type: ignore[no-any-return]
 
     def __repr__(self) -> str:
-        name = name_of(self)
-        name = f" {name!r}" if name else ""
-        return f"<aiolocks.Condition{name} over {self._lock!r}, {len(self._q)} waiting>"
+        return f"<aiolocks.Condition{repr_name(self)} over {self._lock!r}, {len(self._q)} waiting>"
 
     # -- the lock shape, delegated --------------------------------------------------------
 
@@ -226,11 +167,11 @@ class Condition:
                 raise
             if notified:
                 self._notify(1)
-            await self._retake(task, levels)
+            await retake(self._lock, port, task, levels)
             raise
         if waiter.home is self:  # notified, not reparked: take the lock back now
             try:
-                await self._retake(task, levels)
+                await retake(self._lock, port, task, levels)
             except BaseException:
                 # Cancelled while taking the lock back: the notification was never acted on.
                 self._notify(1)
@@ -302,9 +243,7 @@ class Condition:
     def _lock_broken(self, write_held: bool) -> None:
         if self._port._cv_mode == "read" and not write_held:
             return  # a dead reader does not stop readers
-        message = f"{self!r}: its lock broke (a task exited holding it)"
-        for waiter in self._q.take_all():
-            waiter.fail(BrokenResourceError(message))
+        self._q.fail_all(f"{self!r}: its lock broke (a task exited holding it)")
 
     # -- letting go of the lock and taking it back ---------------------------------------------
 
@@ -316,39 +255,3 @@ class Condition:
 
     def _in_use(self) -> bool:
         return len(self._q) > 0
-
-    # -- introspection for aiolocks.debug (never on a hot path) -------------------------------
-
-    _debug_kind = "Condition"
-
-    def _debug_holders(self) -> list[tuple[Any, str]]:
-        return []  # its lock reports the holders
-
-    def _debug_waiters(self) -> list[tuple[Waiter, str]]:
-        return [(w, self._debug_mode(w)) for w in self._q]
-
-    def _debug_mode(self, waiter: Waiter) -> str:
-        return self._port._cv_mode
-
-    def _debug_blockers(self, task: Any, mode: str, waiter: Waiter | None = None) -> list[Any]:
-        return []  # a sleeper waits for a notify(), which no lock state predicts
-
-    async def _retake(self, task: Any, levels: int) -> None:
-        """Take the lock back, shielded from cancellation; re-raise a native cancel after."""
-        cancelled: BaseException | None = None
-        with anyio.CancelScope(shield=True):
-            while True:
-                try:
-                    await self._lock.acquire()
-                    break
-                except anyio.get_cancelled_exc_class() as exc:  # a native Task.cancel()
-                    cancelled = exc
-        self._port._cv_restore(task, levels)
-        if cancelled is not None:
-            raise cancelled
-
-    def __enter__(self) -> None:
-        no_sync_with(self)
-
-    def __exit__(self, *args: object) -> None:
-        no_sync_with(self)

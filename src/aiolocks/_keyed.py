@@ -6,19 +6,20 @@ task that called ``acquire()`` keeps no reference), so the locks a table makes p
 into the table's ``_pinned`` dict whenever they are acquired and unpin themselves when a release
 leaves them idle; the table also sweeps out pins of locks that became idle another way (a
 cancelled acquire), amortised, on access.  Locks made elsewhere pay nothing for
-this: only the table's locks use the pinning classes.
+this: only the table's locks use the pinning classes (``_pinned.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
 from weakref import WeakValueDictionary
 
-from ._backend import READY
 from ._common import check_flag, set_name
 from ._lock import Lock
-from ._rwlock import ReadLock, RWLock, UpgradableLock, WriteLock
+from ._lockclass import LockClass, Pins
+from ._pinned import PinnedLock, PinnedRead, PinnedUpgradable, PinnedWrite
+from ._rwlock import RWLock
 
 __all__ = ["KeyedLock", "KeyedRWLock"]
 
@@ -29,56 +30,6 @@ if TYPE_CHECKING:  # a default, so that an unannotated KeyedRWLock() is KeyedRWL
     K = _TypeVarWithDefault("K", bound=Hashable, default=Hashable)
 else:
     K = TypeVar("K", bound=Hashable)
-
-
-class _Pinning:
-    """Mixin for the locks a table makes: whenever one is acquired, its lock (the RWLock, for a
-    view) is pinned into the table; a release that leaves it idle unpins it."""
-
-    __slots__ = ()
-
-    _pins: dict[int, Any]
-
-    def _target(self) -> Any:
-        return getattr(self, "_rw", self)
-
-    def _pin(self) -> None:
-        target = self._target()
-        self._pins[id(target)] = target
-
-    def __aenter__(self) -> Awaitable[None]:
-        self._pin()
-        return super().__aenter__()  # type: ignore[misc, no-any-return]
-
-    def acquire_nowait(self) -> None:
-        self._pin()
-        super().acquire_nowait()  # type: ignore[misc]
-
-    def release(self) -> None:
-        super().release()  # type: ignore[misc]
-        target = self._target()
-        if not target._in_use():
-            self._pins.pop(id(target), None)
-
-    def __aexit__(self, *exc_info: object) -> Awaitable[None]:
-        self.release()  # the base's fast path would skip the unpinning
-        return READY
-
-
-class _PinnedLock(_Pinning, Lock):  # type: ignore[misc]
-    __slots__ = ("_pins",)
-
-
-class _PinnedRead(_Pinning, ReadLock):  # type: ignore[misc]
-    __slots__ = ("_pins",)
-
-
-class _PinnedWrite(_Pinning, WriteLock):  # type: ignore[misc]
-    __slots__ = ("_pins",)
-
-
-class _PinnedUpgradable(_Pinning, UpgradableLock):  # type: ignore[misc]
-    __slots__ = ("_pins",)
 
 
 class _Keyed(Generic[L, K]):
@@ -92,7 +43,8 @@ class _Keyed(Generic[L, K]):
         self._name = name
         self._make: Callable[[dict[int, Any]], L] = make
         self._table: WeakValueDictionary[K, L] = WeakValueDictionary()
-        self._pinned: dict[int, Any] = {}  # id -> lock, for locks acquired since the last sweep
+        # id -> lock, for locks acquired since the last sweep; carries the entries' lock class
+        self._pinned = Pins(LockClass(type(self).__name__, name))
         self._swept = 0  # how many stayed pinned after the last sweep
 
     def __getitem__(self, key: K) -> L:
@@ -132,7 +84,7 @@ class _Keyed(Generic[L, K]):
 def _make_rwlock(fast: bool) -> Callable[[dict[int, Any]], RWLock]:
     def make(pins: dict[int, Any]) -> RWLock:
         rw = RWLock(fast_acquire=fast)
-        for slot, cls in (("_rv", _PinnedRead), ("_wv", _PinnedWrite), ("_uv", _PinnedUpgradable)):
+        for slot, cls in (("_rv", PinnedRead), ("_wv", PinnedWrite), ("_uv", PinnedUpgradable)):
             view = cls(rw)
             view._pins = pins
             setattr(rw, slot, view)
@@ -143,7 +95,7 @@ def _make_rwlock(fast: bool) -> Callable[[dict[int, Any]], RWLock]:
 
 def _make_lock(fast: bool) -> Callable[[dict[int, Any]], Lock]:
     def make(pins: dict[int, Any]) -> Lock:
-        lock = _PinnedLock(fast_acquire=fast)
+        lock = PinnedLock(fast_acquire=fast)
         lock._pins = pins
         return lock
 

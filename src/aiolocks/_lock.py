@@ -10,34 +10,24 @@ from anyio import BrokenResourceError, LockStatistics, WouldBlock
 
 from ._backend import READY, TRIO, resolve_task, task_info, task_of, thread_mark, unwatch, watch
 from ._common import (
+    AsyncOnly,
     check_flag,
     held_checkpoint,
     lock_broken,
-    name_of,
-    no_sync_with,
     not_holding,
+    repr_name,
     set_name,
     who,
 )
+from ._cvport import OneLevelPort
 from ._exceptions import DeadlockError
-from ._queue import WAITING, Waiter, WaitQueue, new_waiter
+from ._queue import OwnerQueue, Waiter, new_waiter
 
 __all__ = ["Lock"]
 
 
-class _LockQueue(WaitQueue):
-    """The waiters of a Lock, plus what exists only while someone waits."""
-
-    __slots__ = ("broken", "watch_token")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.broken = False
-        self.watch_token: Any = None  # set while the owner is watched for exiting
-
-
 @final
-class Lock:
+class Lock(OneLevelPort, AsyncOnly):
     """A mutual-exclusion lock for asyncio and trio tasks, FIFO and not re-entrant.
 
     Use it where ``asyncio.Lock``, ``anyio.Lock`` or ``trio.Lock`` would do, when you also want
@@ -73,28 +63,24 @@ class Lock:
     #   _q is not None    implies  _owner is not None   (waiters only queue behind an owner)
     #   _q is not None    implies  len(_q) > 0 or _q.broken
     #   _q.watch_token    is set while _q has waiters (so an exiting owner breaks the lock)
+    # (checked by aiolocks._introspect.check_invariants after every step of the tests)
     __slots__ = ("__weakref__", "_fast", "_loop", "_owner", "_q", "_tid")
 
     def __init__(self, *, fast_acquire: bool = False, name: str | None = None) -> None:
         self._fast = check_flag(fast_acquire, "fast_acquire")
         set_name(self, name)
         self._owner: Any = None
-        self._q: _LockQueue | None = None
+        self._q: OwnerQueue | None = None
         self._loop: Any = None  # the event loop (or TRIO) it is bound to
         self._tid: Any = None  # thread_mark() of the thread running it
 
     def __repr__(self) -> str:
-        name = name_of(self)
-        name = f" {name!r}" if name else ""
-        if self._owner is None:
-            state = "unlocked"
-        else:
-            state = f"locked by {who(self._owner)}"
-            if self._q is not None:
-                state += f", {len(self._q)} waiting" + (", broken" if self._q.broken else "")
-        return f"<aiolocks.Lock{name} {state} at {id(self):#x}>"
+        state = "unlocked" if self._owner is None else f"locked by {who(self._owner)}"
+        if self._q is not None:  # (there is an owner)
+            state += f", {len(self._q)} waiting" + (", broken" if self._q.broken else "")
+        return f"<aiolocks.Lock{repr_name(self)} {state} at {id(self):#x}>"
 
-    # -- acquiring -------------------------------------------------------------------------
+    # -- acquiring (debug mode swaps in wrappers of the public methods: see _queue.py) ----
 
     def __aenter__(self) -> Awaitable[None]:
         task = task_of(self._loop)
@@ -137,10 +123,8 @@ class Lock:
         if self._owner is task:
             raise DeadlockError(f"{self!r} is already held by this task (it is not re-entrant)")
         q = self._q
-        if q is None:
-            q = self._q = _LockQueue.new()
-        if q.watch_token is None and not q.broken:
-            self._watch_owner(q)  # may find the owner already gone and break the lock
+        if q is None or q.watch_token is None:  # (else: the owner is watched, not broken)
+            q = self._behind_owner()
         if q.broken:
             raise BrokenResourceError(self._broken_message())
         waiter = new_waiter(self._loop, self, task, 0, 0)
@@ -150,6 +134,15 @@ class Lock:
         except BaseException:
             waiter.abandon()
             raise
+
+    def _behind_owner(self) -> OwnerQueue:
+        """The queue to wait in, its owner watched (which may find it gone: the lock breaks)."""
+        q = self._q
+        if q is None:
+            q = self._q = OwnerQueue.new()
+        if q.watch_token is None and not q.broken:
+            q.watch_token = watch(self._loop, self._owner, self._owner_exited)
+        return q
 
     def _undo_acquire(self, task: Any) -> None:
         if self._owner is task:
@@ -164,8 +157,7 @@ class Lock:
         tb: TracebackType | None,
     ) -> Awaitable[None]:
         owner = self._owner
-        # No thread check here (release() has one): ``async with`` leaves in the task, and so
-        # in the thread, that entered it.
+        # No thread check (release() has one): ``async with`` leaves in the thread it entered.
         if owner is not None and self._q is None and owner is task_of(self._loop):
             self._owner = None
             return READY
@@ -193,18 +185,15 @@ class Lock:
         if q is None:
             self._owner = None
             return
-        if q.watch_token is not None:
-            unwatch(self._owner, q.watch_token)
-            q.watch_token = None
+        unwatch(self._owner, q.watch_token)
         waiter = q.popleft()
-        if waiter is not None:
+        if waiter is None:
+            self._owner = q.watch_token = None
+        else:  # the new owner is watched while tasks wait behind it
             self._owner = waiter.task
+            q.watch_token = watch(self._loop, waiter.task, self._owner_exited) if q else None
             waiter.grant()
-        else:
-            self._owner = None
-        if q:
-            self._watch_owner(q)
-        elif not q.broken:
+        if not q and not q.broken:
             self._q = None
             q.recycle()
 
@@ -215,29 +204,17 @@ class Lock:
         assert q is not None
         q.remove(waiter)
         if not q and not q.broken:
-            if q.watch_token is not None:
-                unwatch(self._owner, q.watch_token)
-                q.watch_token = None
-            self._q = None
+            unwatch(self._owner, q.watch_token)
+            self._q = q.watch_token = None
             q.recycle()
 
     def _grant_abandoned(self, waiter: Waiter) -> None:
-        if self._owner is waiter.task:
-            self._release()
+        self._undo_acquire(waiter.task)
 
-    # -- the condition port (see _condition.py) ---------------------------------------------
-
-    _cv_mode = "exclusive"
+    # -- the condition port (see _cvport.py; OneLevelPort does the rest) ----------------------
 
     def _cv_holds(self, task: Any, waiting: bool = False) -> bool:
         return self._owner is task
-
-    def _cv_release(self, task: Any) -> int:
-        self._release()
-        return 1
-
-    def _cv_restore(self, task: Any, levels: int) -> None:
-        pass
 
     def _cv_repark(self, waiter: Waiter) -> bool:
         """Queue a waiter that already sleeps (a notified Condition waiter, never a lost one):
@@ -247,29 +224,16 @@ class Lock:
             self._owner = waiter.task
             waiter.grant()
             return True
-        q = self._q
-        if q is None:
-            q = self._q = _LockQueue.new()
-        if q.watch_token is None and not q.broken:
-            self._watch_owner(q)
-        q.append(waiter)
+        self._behind_owner().append(waiter)
         return True
 
     # -- an owner that exits holding the lock -----------------------------------------------
 
-    def _watch_owner(self, q: _LockQueue) -> None:
-        q.watch_token = watch(self._loop, self._owner, self._owner_exited)
-
     def _owner_exited(self, task: Any) -> None:
         q = self._q
-        if self._owner is not task or q is None:
-            return
-        q.broken = True
-        q.watch_token = None
-        message = self._broken_message()
-        for waiter in q.take_all():
-            waiter.fail(BrokenResourceError(message))
-        lock_broken(self, True)
+        if self._owner is task and q is not None:
+            q.break_owned(self._broken_message())
+            lock_broken(self, True)
 
     def _broken_message(self) -> str:
         return f"{self!r}: the task holding it ({who(self._owner)}) exited without releasing it"
@@ -292,41 +256,3 @@ class Lock:
 
     def _in_use(self) -> bool:
         return self._owner is not None or self._q is not None
-
-    # -- introspection for aiolocks.debug (never on a hot path) -------------------------------
-
-    _debug_kind = "Lock"
-
-    def _debug_holders(self) -> list[tuple[Any, str]]:
-        return [] if self._owner is None else [(self._owner, "exclusive")]
-
-    def _debug_waiters(self) -> list[tuple[Waiter, str]]:
-        return [(w, "exclusive") for w in self._q] if self._q is not None else []
-
-    def _debug_mode(self, waiter: Waiter) -> str:
-        return "exclusive"
-
-    def _debug_blockers(self, task: Any, mode: str, waiter: Waiter | None = None) -> list[Any]:
-        """The tasks a request of ``task`` waits for: the owner.
-
-        Everyone queued ahead waits for the owner too, so naming it is enough for a cycle
-        search (and keeps the search linear in the number of tasks).
-        """
-        if self._owner is None or self._owner is task:
-            return []
-        return [self._owner]
-
-    def _check_invariants(self) -> None:
-        q = self._q
-        if q is not None:
-            assert self._owner is not None, "waiters queued behind no owner"
-            assert len(q) > 0 or q.broken, "an empty queue is kept without being broken"
-            assert all(w.state == WAITING and w.home is self for w in q), "a stale waiter queued"
-            if len(q) and not q.broken:
-                assert q.watch_token is not None, "owner not watched while tasks wait"
-
-    def __enter__(self) -> None:
-        no_sync_with(self)
-
-    def __exit__(self, *args: object) -> None:
-        no_sync_with(self)

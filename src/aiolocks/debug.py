@@ -4,8 +4,9 @@ Always available, at no cost to the locks:
 
 * :func:`snapshot` lists every live aiolocks primitive with its holders and waiters, and how
   long each waiter has waited; :func:`dump` prints it, with any cycle of tasks waiting on each
-  other (a deadlock) spelled out.  Call it from a signal handler, an admin endpoint, or a
-  watchdog task when requests stop coming back.
+  other (a deadlock) spelled out.  Call it from an admin endpoint or a watchdog task when
+  requests stop coming back, or let :func:`dump_on_signal` (``AIOLOCKS_DUMP_SIGNAL=USR1``)
+  print it, with each task's await stack, for every event loop: ``kill -USR1 <pid>``.
 
 In debug mode (:func:`enable`, or ``AIOLOCKS_DEBUG=1`` in the environment, or
 ``pytest --aiolocks-debug``), for tests and staging:
@@ -35,12 +36,14 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 from weakref import WeakKeyDictionary
 
-from . import _queue
-from ._backend import LIVE, READY, current_task, task_name
+from . import _introspect, _patch, _queue
+from ._backend import LIVE, current_task, task_name
 from ._common import name_of
 from ._condition import Condition
+from ._dump import dump_on_signal
 from ._exceptions import DeadlockError, LockOrderError, LockOrderWarning
 from ._lock import Lock
+from ._lockclass import LockClass, class_of
 from ._rwlock import ReadLock, UpgradableLock, WriteLock
 
 __all__ = [
@@ -50,6 +53,7 @@ __all__ = [
     "WaiterInfo",
     "disable",
     "dump",
+    "dump_on_signal",
     "enable",
     "enabled",
     "snapshot",
@@ -217,8 +221,10 @@ def _stack() -> str:
 
 
 def _describe(prim: Any) -> str:
+    if isinstance(prim, LockClass):
+        return repr(prim)
     name = name_of(prim)
-    kind = getattr(prim, "_debug_kind", type(prim).__name__)
+    kind = _introspect.kind(prim) if _introspect.is_primitive(prim) else type(prim).__name__
     return f"{kind} {name!r}" if name else f"{kind} at {id(prim):#x}"
 
 
@@ -260,14 +266,19 @@ def _find_cycle(
         if waiter is None or waiter.state != _queue.WAITING:
             continue
         home = waiter.home
-        nxt = (blocker, home, home._debug_mode(waiter), home._debug_blockers(blocker, "", waiter))
+        nxt = (
+            blocker,
+            home,
+            _introspect.mode(home, waiter),
+            _introspect.blockers(home, blocker, "", waiter),
+        )
         parent[id(blocker)] = step
         stack.extend((nxt, b) for b in nxt[3])
     return None
 
 
 def _relation(prim: Any, blocker: Any) -> str:
-    for t, mode in prim._debug_holders():
+    for t, mode in _introspect.holders(prim):
         if t is blocker:
             return f"held ({mode}) by task {task_name(blocker)!r}"
     return f"queued behind task {task_name(blocker)!r}"
@@ -328,24 +339,42 @@ _READ_READ = (
 )
 
 
+def _node(prim: Any) -> Any:
+    """What orders are learnt on: a keyed table's entries all stand for their lock class."""
+    return class_of(prim) or prim
+
+
 def _check_order(st: _State, task: Any, prim: Any, mode: str, site: str | None) -> None:
     held = st.held.get(task)
     if not held or any(h.prim is prim for h in held):
         return  # nothing held, or re-entrant: not a new order
-    targets = {id(h.prim): h for h in held}
-    path = _order_path(st, prim, targets)
-    if path:
-        _report_inversion(st, task, prim, mode, site, targets[id(path[-1][1])], path)
-        return
-    stack: str | None = None
+    node = _node(prim)
+    # Orders between lock classes are learnt on the classes (a keyed table's entries all
+    # stand for theirs); between two entries of one table, on the entries, while they live.
+    other: dict[int, tuple[_Hold, Any]] = {}  # id(node held) -> (oldest hold of it, node)
+    same: dict[int, tuple[_Hold, Any]] = {}  # id(entry held) -> (hold, entry): prim's table
     for h in held:
-        edges = st.after.get(h.prim)
-        if edges is None:
-            edges = st.after[h.prim] = WeakKeyDictionary()
-        if prim not in edges:
-            if stack is None:
-                stack = _stack()
-            edges[prim] = _Edge(h, mode, site, task_name(task), stack)
+        held_node = _node(h.prim)
+        if held_node is node:
+            same.setdefault(id(h.prim), (h, h.prim))
+        else:
+            other.setdefault(id(held_node), (h, held_node))
+    for start, sources in ((node, other), (prim, same)):
+        targets = {ident: h for ident, (h, _) in sources.items()}
+        path = _order_path(st, start, targets) if targets else []
+        if path:
+            _report_inversion(st, task, prim, mode, site, targets[id(path[-1][1])], path)
+            return
+    stack: str | None = None
+    for sources, b in ((other, node), (same, prim)):
+        for h, a in sources.values():
+            edges = st.after.get(a)
+            if edges is None:
+                edges = st.after[a] = WeakKeyDictionary()
+            if b not in edges:
+                if stack is None:
+                    stack = _stack()
+                edges[b] = _Edge(h, mode, site, task_name(task), stack)
 
 
 def _report_inversion(
@@ -443,7 +472,7 @@ def _acquiring(orig: Callable[..., Any], mode: str) -> Callable[..., Any]:
         prim = _target(self)
         task = current_task()
         site = _site()
-        blockers = prim._debug_blockers(task, mode)
+        blockers = _introspect.blockers(prim, task, mode)
         if blockers:
             _check_cycle(task, prim, mode, blockers)
         _check_order(st, task, prim, mode, site)
@@ -493,14 +522,6 @@ def _releasing(orig: Callable[..., Any], mode: str) -> Callable[..., Any]:
     return release
 
 
-def _exiting(orig: Callable[..., Any], mode: str) -> Callable[..., Any]:
-    def __aexit__(self: Any, *exc_info: Any) -> Any:
-        self.release()  # the original's fast path would bypass the instrumented release()
-        return READY
-
-    return __aexit__
-
-
 def _downgrading(orig: Callable[..., Any], mode: str) -> Callable[..., Any]:
     def downgrade(self: Any) -> None:
         orig(self)
@@ -520,7 +541,7 @@ def _upgrading(orig: Callable[..., Any], mode: str) -> Callable[..., Any]:
         rw = self._rw
         task = current_task()
         if st is not None and rw._slow is not None and rw._slow.upgrader is task:
-            blockers = rw._debug_blockers(task, "upgrade")
+            blockers = _introspect.blockers(rw, task, "upgrade")
             if blockers:
                 _check_cycle(task, rw, "write", blockers)
         try:
@@ -565,7 +586,7 @@ def _cond_waiting(orig: Callable[..., Any], mode: str) -> Callable[..., Any]:
             # acquire): the holds it had are the holds it has, if it holds the lock again.
             held = st.held.get(task, [])
             held[:] = [h for h in held if h.prim is not prim]
-            holders = prim._debug_holders() if hasattr(prim, "_debug_holders") else ()
+            holders = _introspect.holders(prim) if _introspect.is_primitive(prim) else ()
             if any(t is task for t, _ in holders):
                 held.extend(saved)
             if held:
@@ -576,7 +597,7 @@ def _cond_waiting(orig: Callable[..., Any], mode: str) -> Callable[..., Any]:
     return wait
 
 
-_PLAN: list[tuple[type, str, Callable[[Callable[..., Any], str], Callable[..., Any]], str]] = []
+_PLAN: _patch.Plan = []
 for _cls, _mode in (
     (Lock, "exclusive"),
     (ReadLock, "read"),
@@ -587,7 +608,7 @@ for _cls, _mode in (
         (_cls, "__aenter__", _acquiring, _mode),
         (_cls, "acquire_nowait", _acquiring_nowait, _mode),
         (_cls, "release", _releasing, _mode),
-        (_cls, "__aexit__", _exiting, _mode),
+        (_cls, "__aexit__", _patch.release_on_exit, _mode),
     ]
 _PLAN += [
     (WriteLock, "downgrade", _downgrading, "write"),
@@ -597,32 +618,8 @@ _PLAN += [
 ]
 del _cls, _mode
 
-# (class, method name) -> what the class's own dict held before enable() (None: inherited)
-_saved: dict[tuple[type, str], Any] = {}
-
-
-def _install() -> None:
-    for cls, name, wrap, mode in _PLAN:
-        if (cls, name) in _saved:
-            continue
-        own = cls.__dict__.get(name)
-        orig = getattr(cls, name)
-        wrapper = wrap(orig, mode)
-        wrapper.__name__ = name
-        wrapper.__qualname__ = f"{cls.__qualname__}.{name}"
-        wrapper.__doc__ = orig.__doc__
-        wrapper.__wrapped__ = orig  # type: ignore[attr-defined]
-        _saved[(cls, name)] = own
-        setattr(cls, name, wrapper)
-
-
-def _uninstall() -> None:
-    for (cls, name), own in _saved.items():
-        if own is None:
-            delattr(cls, name)
-        else:
-            setattr(cls, name, own)
-    _saved.clear()
+#: The order of debug mode among the layers of instrumented methods (innermost).
+_LAYER = 0
 
 
 # -- the switch ----------------------------------------------------------------------------------
@@ -659,7 +656,7 @@ def enable(*, on_inversion: str = "raise") -> None:
         return
     _state = _State(on_inversion)
     _queue.waiting = {}
-    _install()
+    _patch.install(_LAYER, _PLAN)
 
 
 def disable() -> None:
@@ -668,7 +665,7 @@ def disable() -> None:
     .. versionadded:: 0.1
     """
     global _state
-    _uninstall()
+    _patch.uninstall(_LAYER)
     _queue.waiting = None
     _state = None
 
@@ -697,12 +694,16 @@ def snapshot() -> list[PrimitiveInfo]:
 
     .. versionadded:: 0.1
     """
+    return _snapshot(list(LIVE))
+
+
+def _snapshot(prims: list[Any]) -> list[PrimitiveInfo]:
     st = _state
     now = time.monotonic()
     out = []
-    for prim in list(LIVE):
+    for prim in prims:
         holders = []
-        for task, mode in prim._debug_holders():
+        for task, mode in _introspect.holders(prim):
             hold = None
             if st is not None:
                 hold = next((h for h in st.held.get(task, ()) if h.prim is prim), None)
@@ -721,7 +722,7 @@ def snapshot() -> list[PrimitiveInfo]:
                 max(0.0, now - w.since),
                 st.wait_sites.get(w.task) if st is not None else None,
             )
-            for w, mode in prim._debug_waiters()
+            for w, mode in _introspect.waiters(prim)
         )
         contention = None
         if st is not None:
@@ -729,18 +730,18 @@ def snapshot() -> list[PrimitiveInfo]:
             contention = ContentionStatistics(
                 *((s.acquisitions, s.contended, s.total_wait, s.max_wait) if s else (0, 0, 0, 0))
             )
-        kind = prim._debug_kind
+        kind = _introspect.kind(prim)
         name = name_of(prim) or f"{kind} at {id(prim):#x}"
         out.append(PrimitiveInfo(name, kind, tuple(holders), waiters, contention))
     out.sort(key=lambda p: (not p.waiters, not p.holders, p.name))
     return out
 
 
-def _deadlocks() -> list[str]:
+def _deadlocks(prims: list[Any]) -> list[str]:
     """Cycles of tasks waiting on each other right now, from the primitives' own state."""
     waiting: dict[Any, Any] = {}
-    for prim in list(LIVE):
-        for w, _ in prim._debug_waiters():
+    for prim in prims:
+        for w, _ in _introspect.waiters(prim):
             waiting[w.task] = w
     found: list[str] = []
     covered: set[int] = set()
@@ -749,7 +750,7 @@ def _deadlocks() -> list[str]:
             continue
         home = w.home
         chain = _find_cycle(
-            task, home, home._debug_mode(w), home._debug_blockers(task, "", w), waiting
+            task, home, _introspect.mode(home, w), _introspect.blockers(home, task, "", w), waiting
         )
         if chain is not None:
             covered.update(id(step[0]) for step in chain)
@@ -772,14 +773,17 @@ def dump(file: TextIO | None = None) -> None:
 
     .. versionadded:: 0.1
     """
-    out = sys.stderr if file is None else file
-    prims = snapshot()
+    print("\n".join(_dump_lines(list(LIVE))), file=sys.stderr if file is None else file)
+
+
+def _dump_lines(live: list[Any]) -> list[str]:
+    prims = _snapshot(live)
     busy = [p for p in prims if p.holders or p.waiters]
     lines = [
         f"aiolocks: {len(busy)} primitive(s) in use, {len(prims) - len(busy)} idle"
         + ("" if _state is not None else " (debug mode off: no sites or hold times)")
     ]
-    for cycle in _deadlocks():
+    for cycle in _deadlocks(live):
         lines.append(f"DEADLOCK: {cycle}")
     now = time.time()
     for p in busy:
@@ -803,7 +807,7 @@ def dump(file: TextIO | None = None) -> None:
             if w.site:
                 line += f" at {w.site}"
             lines.append(line)
-    print("\n".join(lines), file=out)
+    return lines
 
 
 def _enable_from_environment(value: str) -> None:

@@ -31,6 +31,7 @@ import pytest
 psycopg = pytest.importorskip("psycopg")
 from psycopg.conninfo import conninfo_to_dict, make_conninfo  # noqa: E402
 
+from aiolocks import LockLostError  # noqa: E402
 from aiolocks.postgres import PostgresLocks, _session  # noqa: E402
 
 from ._netproxy import TcpProxy  # noqa: E402
@@ -143,6 +144,11 @@ async def test_waiter_cut_off_by_the_network_returns_in_time_and_never_stalls_th
             await anyio.sleep(0.2)  # whatever the return left behind runs now
             ticker.armed = False
 
+            print(
+                f"\nnetwork cut [{anyio_backend[0]}, {cancel}]: the waiter returned "
+                f"{took[0]:.2f} s after it started waiting under move_on_after(2); "
+                f"worst loop stall {ticker.worst * 1000:.0f} ms"
+            )
             assert took[0] < 3.0, f"the waiter returned after {took[0]:.2f} s (bound: 3 s)"
             assert ticker.worst <= MAX_STALL, (
                 f"the event loop stalled for {ticker.worst * 1000:.0f} ms during the cut"
@@ -173,11 +179,42 @@ async def test_acquire_nowait_through_a_cut_network_gives_up_within_its_bound(
         with pytest.raises(anyio.WouldBlock):
             lock.acquire_nowait()
         took = time.monotonic() - started
+        print(f"\nacquire_nowait() through a cut network gave up after {took:.2f} s")
         assert took < NOWAIT_BOUND, f"acquire_nowait() blocked for {took:.2f} s"
         assert not lock.locked()
         proxy.restore()
         with anyio.fail_after(5):
             async with lock:  # a new session
+                pass
+
+
+async def test_acquire_nowait_of_a_holder_through_a_cut_network_gives_up_and_reports_the_loss(
+    pg_dsn: str, proxy: TcpProxy, anyio_backend: Any
+) -> None:
+    """The try statement goes on the holder's own session; unanswered by the deadline, it is
+    undone by closing that session (never by waiting): the hold it backed is lost, and said so."""
+    namespace = _namespace()
+    async with (
+        PostgresLocks(pg_dsn, namespace=namespace) as near,
+        PostgresLocks(_through(pg_dsn, proxy), namespace=namespace) as far,
+    ):
+        held = far.lock("held")
+        with anyio.fail_after(10):
+            await held.acquire()
+        proxy.cut()
+        started = time.monotonic()
+        with pytest.raises(anyio.WouldBlock):
+            far.lock("other").acquire_nowait()
+        took = time.monotonic() - started
+        print(f"\nacquire_nowait() through a cut network gave up after {took:.2f} s")
+        assert took < NOWAIT_BOUND, f"acquire_nowait() blocked for {took:.2f} s"
+        assert not far.lock("other").locked()
+        assert not held.locked()
+        with pytest.raises(LockLostError):
+            held.release()
+        proxy.restore()
+        with anyio.fail_after(10):  # the server drops the closed session, and its lock
+            async with near.lock("held"):
                 pass
 
 
@@ -191,6 +228,7 @@ async def test_first_acquire_nowait_through_a_cut_network_gives_up_within_its_bo
         with pytest.raises(ConnectionError):
             lock.acquire_nowait()
         took = time.monotonic() - started
+        print(f"\nacquire_nowait() through a cut network gave up after {took:.2f} s")
         assert took < NOWAIT_BOUND, f"acquire_nowait() blocked for {took:.2f} s"
         proxy.restore()
         lock.acquire_nowait()
@@ -231,3 +269,42 @@ async def test_acquire_nowait_works_on_a_descriptor_above_1023(
             assert lock.locked()
         finally:
             lock.release()
+
+
+async def test_a_task_waiting_for_a_releasing_session_that_is_lost_connects_instead(
+    pg_dsn: str, proxy: TcpProxy, anyio_backend: Any
+) -> None:
+    """A checkout waits for the session of a task that reads its last unlock's answer rather
+    than opening one; if that answer never comes (here: a cut network, until the release
+    gives up and closes the session), the checkout must not wait forever: it connects."""
+    async with PostgresLocks(_through(pg_dsn, proxy), namespace=_namespace()) as far:
+        held = anyio.Event()
+        go = anyio.Event()
+        gave_up = anyio.Event()
+        b_done = anyio.Event()
+
+        async def holder() -> None:
+            try:
+                async with far.lock("a"):
+                    held.set()
+                    await go.wait()
+            except LockLostError:  # no answer to its unlock: the session was closed
+                gave_up.set()
+
+        async def other() -> None:
+            async with far.lock("b"):
+                b_done.set()
+
+        with anyio.fail_after(40):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(holder)
+                await held.wait()
+                proxy.cut()
+                go.set()
+                await anyio.wait_all_tasks_blocked()  # the holder waits for its unlock's answer
+                tg.start_soon(other)
+                await anyio.wait_all_tasks_blocked()  # "b" waits for the holder's session
+                assert not b_done.is_set()
+                await gave_up.wait()  # the release gave up, the session was closed
+                proxy.restore()
+                await b_done.wait()

@@ -83,3 +83,18 @@ async def views(rw: RWLock) -> None:
         pass
     async with rw:  # type: ignore[attr-defined]
         pass
+
+
+def diagnostics() -> None:
+    import signal
+    import sys
+
+    import aiolocks.debug
+    from aiolocks.telemetry import AiolocksInstrumentor
+
+    aiolocks.debug.dump_on_signal(signal.SIGUSR2, file=sys.stderr)
+    aiolocks.debug.dump_on_signal("USR1")  # type: ignore[arg-type]
+    instrumentor = AiolocksInstrumentor()
+    instrumentor.instrument()
+    assert_type(instrumentor.is_instrumented_by_opentelemetry, bool)
+    instrumentor.uninstrument()

@@ -9,7 +9,9 @@ lost session is :mod:`._watch`'s.  A task that exits holding locks has them rele
 
 There is one acquire path: a single lock is a batch of one (:meth:`LockEngine.acquire`), so
 re-entry, the local gates, the session binding, the statement and its undo are written once
-for ``pg.lock(...)``, ``pg.rwlock(...)`` and ``LockCollection``.
+for ``pg.lock(...)``, ``pg.rwlock(...)`` and ``LockCollection``.  The synchronous
+``acquire_nowait()`` drives the same steps (checkout, statement, undo: :mod:`._steps`)
+blocking, with a try statement.
 
 Invariants:
     the engine is bound to one event loop (``_loop``) while any task holds or waits
@@ -44,15 +46,10 @@ from .._common import held_checkpoint
 from .._exceptions import DeadlockError, LockLostError
 from ._names import LOCK, Names
 from ._pool import SessionPool, session_settings
-from ._protocol import (
-    RECOVERY_TIMEOUT,
-    SQL_UNLOCK_ALL,
-    lock,
-    server_release,
-    try_lock_blocking,
-)
+from ._protocol import RECOVERY_TIMEOUT, SQL_UNLOCK_ALL, lock, lock_steps, server_release
 from ._session import Pending, Session, SessionLost
 from ._state import Hold, Ledger, S, TaskState, X
+from ._steps import run_blocking
 from ._watch import Watch
 
 if TYPE_CHECKING:
@@ -222,6 +219,9 @@ class LockEngine:
             async with gates:
                 ts = await self._session_for(ts, task)
                 ts.waiting += 1
+                session = ts.session
+                assert session is not None
+                waits = session.waits
                 try:
                     tokens = await lock(ts, self.names, wanted)
                 except SessionLost:  # the session died, its locks with it: reconnect, once
@@ -239,7 +239,9 @@ class LockEngine:
             self.ledger.leave(wanted, infos)
         for hold, mode in again:
             hold.add(mode)
-        # The answer often arrives before the first wait: keep acquire() a schedule point.  A
+        if session.waits != waits and ts.session is session:
+            return task  # it waited on the event loop for the answer: a schedule point already
+        # The answer arrived before the first wait: keep acquire() a schedule point.  A
         # cancellation delivered there gives the locks back, and the unlocks are awaited before
         # the cancellation propagates: a cancelled acquire never leaves a lock held.
         try:
@@ -339,18 +341,25 @@ class LockEngine:
         if self.ledger.would_block(task, view._key, mode):
             raise WouldBlock  # a refusal that needs no round trip
         self.ledger.check_room(1)
+        # The steps of acquire(), driven blocking: a session (pooled, else a new one: it never
+        # waits for another task's), then a try statement, with its undo.
         deadline = time.monotonic() + _NOWAIT_TIMEOUT
         if ts is None:
-            ts = self._bind(task, self.pool.checkout_blocking(deadline))
+            ts = self._bind(task, run_blocking(self.pool.checkout_steps(), deadline))
         elif ts.session is None or ts.session.closed:
             self.pool.discard(ts.detach())
-            ts.session = self.pool.checkout_blocking(deadline)
+            ts.session = run_blocking(self.pool.checkout_steps(), deadline)
+        members = ((view, mode),)
         try:
-            token = try_lock_blocking(ts, self.names, view, mode, deadline)
-        except BaseException:
+            tokens = run_blocking(lock_steps(ts, self.names, members, try_only=True), deadline)
+            if tokens is None:
+                raise WouldBlock
+        except BaseException as exc:
             self._maybe_unbind(ts)
+            if isinstance(exc, TimeoutError):  # no answer by the deadline: nothing is held
+                raise WouldBlock from exc
             raise
-        self._record(ts, view._key, mode, token)
+        self._record(ts, view._key, mode, tokens[0])
 
     # -- releasing --------------------------------------------------------------------------------
 
@@ -438,11 +447,17 @@ class LockEngine:
         ts = self.ledger.tasks.get(task)
         if ts is not None:
             ts.waiting += 1
+        returning = False
         try:
             pending = self._release_level(task, ts, view, mode)
             session = ts.session if ts is not None else None
             if pending is None or session is None:
                 return
+            assert ts is not None
+            if not ts.holds:  # the session goes back to the pool after the answer
+                returning = True
+                self.pool.returning += 1
+                session.unwatch()  # nothing left to watch for: not armed again after the wait
             if not pending.done:
                 try:
                     session.poll()  # the answer is often there already: no shield needed
@@ -455,12 +470,13 @@ class LockEngine:
                         await session.wait(pending)
                     except SessionLost:
                         pass
-            assert ts is not None
             self._check_unlock(ts, view, pending)
         finally:
             if ts is not None:
                 ts.waiting -= 1
-                self._maybe_unbind(ts)
+                self._maybe_unbind(ts)  # its session to a checkout waiting for it, or pooled
+            if returning:
+                self.pool.returned()
 
     def _check_unlock(self, ts: TaskState, view: _View, pending: Pending) -> None:
         """A release's unlock answered true, or its hold was lost: that raises."""

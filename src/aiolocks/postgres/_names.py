@@ -19,13 +19,13 @@ import hashlib
 import os
 import re
 import socket
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, final
 
-import anyio
-
 from .._backend import task_name
 from ._session import Pending, ServerError, Session, SessionLost
+from ._steps import Steps
 
 if TYPE_CHECKING:
     from ._views import _View
@@ -201,8 +201,9 @@ class Names:
 
     # -- names in messages ------------------------------------------------------------------------
 
-    async def cycle_names(self, exc: ServerError, session: Session | None) -> str:
-        """The locks named in a deadlock report (keys of other processes from the table)."""
+    def cycle_names_steps(self, exc: ServerError, session: Session | None) -> Steps[str]:
+        """The locks named in a deadlock report (keys of other processes from the table), as
+        a step (see :mod:`._steps`)."""
         keys: list[int] = []
         for hi, lo in _DEADLOCK_LOCK_RE.findall(exc.detail.encode()):
             key = int.from_bytes(((int(hi) << 32) | int(lo)).to_bytes(8, "big"), "big", signed=True)
@@ -210,20 +211,21 @@ class Names:
                 keys.append(key)
         unknown = [key for key in keys if key not in self.known]
         if unknown and session is not None and not session.closed:
-            with anyio.move_on_after(2):
-                try:
-                    await self._look_up(session, unknown)
-                except SessionLost:
-                    pass
+            try:
+                yield from self._look_up(session, unknown)
+            except SessionLost:
+                pass
         names = []
         for key in keys:
             known = self.known.get(key)
             names.append(f"{known[0]} {known[1]!r}" if known else f"advisory key {key}")
         return ", ".join(names) or exc.detail or "(unknown)"
 
-    async def _look_up(self, session: Session, keys: list[int]) -> None:
+    def _look_up(self, session: Session, keys: list[int]) -> Steps[None]:
         array = "{" + ",".join(map(str, keys)) + "}"
-        pending = await session.execute(_SQL_NAMES, [array.encode()])
+        pending = session.send(_SQL_NAMES, [array.encode()])
+        if not (yield from session.wait_steps(pending, time.monotonic() + 2)):
+            return  # no answer in 2 s: the message names keys instead
         res = pending.result
         for r in range(res.ntuples if res is not None and not pending.error else 0):
             assert res is not None

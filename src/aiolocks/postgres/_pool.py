@@ -11,6 +11,7 @@ Invariants:
     count == sessions open or being opened, idle ones included
     a session in ``idle`` is bound to no task and watched by nobody
     ``waiters`` is non-empty only while no session is idle (a checkin hands over first)
+    a checkout opens a session only when parked checkouts claim every ``returning`` one
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from anyio import WouldBlock
 
 from ._names import owner_prefix
 from ._session import Session, SessionLost
+from ._steps import Steps, run_async
 
 __all__ = ["SessionPool", "session_settings"]
 
@@ -86,16 +88,18 @@ class _PoolWaiter:
 class _Backoff:
     """One checkout's retries of transient connection failures (50 ms doubling to 1 s)."""
 
-    __slots__ = ("delay", "since")
+    __slots__ = ("delay", "error", "since")
 
     def __init__(self) -> None:
         self.delay = 0.0
         self.since = 0.0
+        self.error: SessionLost | None = None  # the last failure
 
     def retry(self, exc: SessionLost, alone: bool) -> bool:
         """Whether to try again after ``exc`` (``alone``: no session of ours can come back)."""
-        now = anyio.current_time()
+        now = time.monotonic()
         self.since = self.since or now
+        self.error = exc
         if not _transient(exc) or (alone and now - self.since > _CONNECT_RETRY):
             return False
         self.delay = min(max(self.delay * 2, 0.05), 1.0)
@@ -115,6 +119,7 @@ class SessionPool:
         "idle",
         "idle_timeout",
         "max_sessions",
+        "returning",
         "settings",
         "waiters",
     )
@@ -137,6 +142,7 @@ class SessionPool:
         self.closed = False
         self.idle: list[tuple[Session, float]] = []  # pooled sessions and since when, LIFO
         self.count = 0  # sessions open or being opened
+        self.returning = 0  # sessions to be checked in once an unlock's answer is read
         self.waiters: deque[_PoolWaiter] = deque()
 
     @property
@@ -145,11 +151,19 @@ class SessionPool:
         return self.count > len(self.idle)
 
     async def checkout(self) -> Session:
-        """A session for a task that holds nothing (it may wait for one, holding nothing).
+        """A session for a task that holds nothing (see :meth:`checkout_steps`)."""
+        session = self.pop_idle()  # the common case without starting a driver (no await either)
+        return session if session is not None else await run_async(self.checkout_steps())
+
+    def checkout_steps(self) -> Steps[Session]:
+        """A session for a task that holds nothing, as a step (see :mod:`._steps`): it may
+        wait for one, holding nothing.
 
         When the server refuses a new session for a while (full, restarting), the task waits
         for one of the process's own sessions if it has any, else retries with backoff for
-        :data:`_CONNECT_RETRY` seconds.
+        :data:`_CONNECT_RETRY` seconds.  Driven without waiting for other tasks
+        (``acquire_nowait()``), it raises :class:`anyio.WouldBlock` when every session is in
+        use, and the connection error when the server refuses a new one.
         """
         backoff = None
         while True:
@@ -158,18 +172,28 @@ class SessionPool:
             if session is not None:
                 return session
             backoff = backoff or _Backoff()
-            if self.count < self.max_sessions:
-                session = await self._connect(backoff)
+            # A session about to come back (its task awaits its last unlock's answer) serves
+            # sooner than a new one, and keeps the count down (1,000 tasks on one name).
+            if self.count < self.max_sessions and len(self.waiters) >= self.returning:
+                session = yield from self._connect(backoff)
             if session is None:
-                session = await self._wait(backoff.delay)
+                try:
+                    session = yield from self._wait(backoff.delay)
+                except WouldBlock:  # driven without waiting for other tasks (acquire_nowait)
+                    if backoff.error is None and self.count < self.max_sessions:
+                        session = yield from self._connect(backoff)  # not one coming back
+                    if session is None:
+                        if backoff.error is not None:  # why it would have to wait
+                            raise backoff.error from None
+                        raise
             if session is not None:
                 return session
 
-    async def _connect(self, backoff: _Backoff) -> Session | None:
+    def _connect(self, backoff: _Backoff) -> Steps[Session | None]:
         """A new session, or None after a transient failure (wait ``backoff.delay`` then)."""
         self.count += 1
         try:
-            return await Session.connect(self.dsn, owner_prefix(), self.settings)
+            return (yield from Session.connect_steps(self.dsn, owner_prefix(), self.settings))
         except SessionLost as exc:
             self._uncount()
             if not backoff.retry(exc, alone=not self.count):
@@ -179,19 +203,16 @@ class SessionPool:
             self._uncount()
             raise
 
-    async def _wait(self, delay: float) -> Session | None:
+    def _wait(self, delay: float) -> Steps[Session | None]:
         """Wait for a session handed over by :meth:`checkin`, or a free slot (None), or, with
         ``delay``, the time to try connecting again (None)."""
         waiter = _PoolWaiter()
         self.waiters.append(waiter)
         try:
-            if delay:  # a session of our own comes back, or it is time to try again
-                with anyio.move_on_after(delay):
-                    await waiter.event.wait()
-                if not waiter.event.is_set():
-                    self.waiters.remove(waiter)
-            else:
-                await waiter.event.wait()
+            # a session of our own comes back, or (with a delay) it is time to try again
+            yield waiter.event, None, delay or None, False
+            if not waiter.event.is_set():
+                self.waiters.remove(waiter)
         except BaseException:
             if waiter.session is not None:
                 self.checkin(waiter.session)
@@ -202,22 +223,6 @@ class SessionPool:
                     self._wake()
             raise
         return waiter.session
-
-    def checkout_blocking(self, deadline: float) -> Session:
-        """A session without awaiting, for ``acquire_nowait()`` (may connect, until
-        ``deadline`` at the latest)."""
-        self._check_open()
-        session = self.pop_idle()
-        if session is not None:
-            return session
-        if self.count >= self.max_sessions:
-            raise WouldBlock  # every session is bound to a task: nothing to try on
-        self.count += 1
-        try:
-            return Session.connect_blocking(self.dsn, owner_prefix(), self.settings, deadline)
-        except BaseException:
-            self.count -= 1
-            raise
 
     def pop_idle(self) -> Session | None:
         while self.idle:
@@ -245,6 +250,13 @@ class SessionPool:
             return
         self.idle.append((session, time.monotonic()))
         self._on_idle()
+
+    def returned(self) -> None:
+        """A session counted in ``returning`` was checked in, or lost: a checkout that waited
+        for it in vain (the session was lost) tries again."""
+        self.returning -= 1
+        if len(self.waiters) > self.returning:
+            self._wake()
 
     def discard(self, session: Session | None) -> None:
         """Close a session that is not pooled, if any (the server releases all it held)."""

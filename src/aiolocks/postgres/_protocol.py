@@ -11,6 +11,9 @@ unlock fails, the session is closed and the server drops its locks.
 A release never awaits: it sends the statement that brings the server in line with the
 client's counts (:func:`server_release`) and reads the answer later.
 
+Taking, undoing and cancelling are steps (:mod:`._steps`), written once: :func:`lock` awaits
+them, and ``acquire_nowait()`` drives them blocking, with a try statement (``try_only``).
+
 Invariants:
     a statement is cancelled (cancel request) only while it is the oldest unanswered one on
       its session: earlier statements are waited for, never cancelled
@@ -19,15 +22,15 @@ Invariants:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
-
-import anyio
 
 from .._exceptions import DeadlockError
 from ._names import Names, owner_id
 from ._session import Pending, ServerError, Session, SessionLost
 from ._state import Hold, S, TaskState, X
+from ._steps import Steps, run_async
 
 if TYPE_CHECKING:
     from ._views import _View
@@ -37,8 +40,8 @@ __all__ = [
     "SQL_UNLOCK_ALL",
     "lock",
     "lock_statement",
+    "lock_steps",
     "server_release",
-    "try_lock_blocking",
 ]
 
 #: Bound on the shielded clean-up after a failed lock statement, and on a release's wait.
@@ -48,15 +51,6 @@ RECOVERY_TIMEOUT = 10.0
 #: request).  A waiter timed out during a network cut returns this long after its deadline.
 _CANCEL_TIMEOUT = 0.5
 
-_SQL_LOCK_X = b"SELECT pg_advisory_lock($1), nextval($2::regclass)"
-_SQL_LOCK_S = b"SELECT pg_advisory_lock_shared($1)"
-_SQL_LOCK_X_NAMED = (
-    b"SELECT set_config('application_name', $3, false), pg_advisory_lock($1), nextval($2::regclass)"
-)
-_SQL_LOCK_S_NAMED = b"SELECT set_config('application_name', $2, false), pg_advisory_lock_shared($1)"
-_SQL_TRY_X = b"SELECT CASE WHEN pg_try_advisory_lock($1) THEN nextval($2::regclass) END"
-_SQL_TRY_S = b"SELECT pg_try_advisory_lock_shared($1)"
-_SQL_SET_NAME = b"SELECT set_config('application_name', $1, false)"
 _SQL_UNLOCK = (b"SELECT pg_advisory_unlock($1)", b"SELECT pg_advisory_unlock_shared($1)")
 _SQL_DOWNGRADE = b"SELECT pg_advisory_lock_shared($1), pg_advisory_unlock($1)"
 SQL_UNLOCK_ALL = b"SELECT pg_advisory_unlock_all()"
@@ -69,42 +63,65 @@ SQL_UNLOCK_ALL = b"SELECT pg_advisory_unlock_all()"
 Statement = tuple[bytes, list[bytes | None], bool, Sequence[int | None]]
 
 
+def _select(modes: Sequence[int], named: bool, try_only: bool) -> tuple[bytes, list[int | None]]:
+    """The statement taking one lock per mode of ``modes``, and its token columns.
+
+    Parameters: the ``application_name`` first if ``named``, then each lock's key, followed by
+    the sequence for an exclusive one.  Waiting: a shared lock has no token column.  With
+    ``try_only``, each lock's column is NULL when it was not granted (else its token, or 0).
+    """
+    parts: list[str] = []
+    cols: list[int | None] = []
+    n = 0
+    if named:
+        n += 1
+        parts.append(f"set_config('application_name', ${n}, false)")
+    for mode in modes:
+        n += 1
+        fn = ("pg_try_advisory_lock" if try_only else "pg_advisory_lock") + (
+            "" if mode == X else "_shared"
+        )
+        take = f"{fn}(${n})"
+        then = "0"
+        if mode == X:
+            n += 1
+            then = f"nextval(${n}::regclass)"
+        if try_only:
+            parts.append(f"CASE WHEN {take} THEN {then} END")
+        elif mode == X:
+            parts += (take, then)
+        else:
+            parts.append(take)
+        cols.append(len(parts) - 1 if try_only or mode == X else None)
+    return ("SELECT " + ", ".join(parts)).encode(), cols
+
+
+#: One lock (the common case) is a prepared statement: the server skips parsing and planning,
+#: a large part of its cost.  By (mode, named, try_only).
+_ONE = {
+    (mode, named, try_only): _select((mode,), named, try_only)
+    for mode in (X, S)
+    for named in (False, True)
+    for try_only in (False, True)
+}
+
+
 def lock_statement(
-    members: Sequence[tuple[_View, int]], seq: bytes, owner: bytes | None
+    members: Sequence[tuple[_View, int]], seq: bytes, owner: bytes | None, try_only: bool = False
 ) -> Statement:
     """The one statement that takes every (view, mode) of ``members`` (in their order), after
-    naming the session for ``owner`` (an ``application_name``) if given.
-
-    One lock (the common case) is a prepared statement: the server skips parsing and
-    planning, a large part of its cost.  Several are built here, with parameters.
-    """
-    if len(members) == 1:
-        view, mode = members[0]
-        key = str(view._key).encode()
-        if owner is None:
-            if mode == X:
-                return _SQL_LOCK_X, [key, seq], True, (1,)
-            return _SQL_LOCK_S, [key], True, (None,)
-        if mode == X:
-            return _SQL_LOCK_X_NAMED, [key, seq, owner], True, (2,)
-        return _SQL_LOCK_S_NAMED, [key, owner], True, (None,)
-    parts: list[str] = []
-    params: list[bytes | None] = []
-    if owner is not None:
-        params.append(owner)
-        parts.append("set_config('application_name', $1, false)")
-    token_cols: list[int | None] = []
+    naming the session for ``owner`` (an ``application_name``) if given; with ``try_only``,
+    only what is granted at once (a token column is NULL for a lock that was not)."""
+    params: list[bytes | None] = [] if owner is None else [owner]
     for view, mode in members:
         params.append(str(view._key).encode())
         if mode == X:
-            parts.append(f"pg_advisory_lock(${len(params)})")
             params.append(seq)
-            parts.append(f"nextval(${len(params)}::regclass)")
-            token_cols.append(len(parts) - 1)
-        else:
-            parts.append(f"pg_advisory_lock_shared(${len(params)})")
-            token_cols.append(None)
-    return ("SELECT " + ", ".join(parts)).encode(), params, False, token_cols
+    if len(members) == 1:
+        sql, cols = _ONE[members[0][1], owner is not None, try_only]
+        return sql, params, True, cols
+    sql, cols = _select([mode for _, mode in members], owner is not None, try_only)
+    return sql, params, False, cols
 
 
 def undo_statement(members: Sequence[tuple[_View, int]]) -> tuple[bytes, list[bytes | None], bool]:
@@ -121,10 +138,27 @@ def undo_statement(members: Sequence[tuple[_View, int]]) -> tuple[bytes, list[by
 
 
 async def lock(ts: TaskState, names: Names, members: Sequence[tuple[_View, int]]) -> list[int]:
-    """Take every (view, mode) of ``members`` on the task's session in one statement; returns
-    their fencing tokens (0 for shared).  The grant-then-cancel protocol on any failure."""
+    """Take every (view, mode) of ``members`` on the task's session, waiting (see
+    :func:`lock_steps`); returns their fencing tokens (0 for shared)."""
+    tokens = await run_async(lock_steps(ts, names, members))
+    assert tokens is not None
+    return tokens
+
+
+def lock_steps(
+    ts: TaskState, names: Names, members: Sequence[tuple[_View, int]], try_only: bool = False
+) -> Steps[list[int] | None]:
+    """Take every (view, mode) of ``members`` on the task's session in one statement, as a
+    step (see :mod:`._steps`); returns their fencing tokens (0 for shared), or, with
+    ``try_only``, None if the server did not grant them all at once (nothing is held then).
+    The grant-then-cancel protocol on any failure.
+
+    Raises:
+        TimeoutError: the blocking driver's deadline passed first (nothing is held then).
+    """
     session = ts.session
     assert session is not None
+    assert not try_only or len(members) == 1
     # Earlier statements (a release's unlock) may still be unanswered: the lock statement
     # is pipelined behind them (one round trip), and their answers are read first.
     registrations = names.prefix(session, members)
@@ -132,55 +166,65 @@ async def lock(ts: TaskState, names: Names, members: Sequence[tuple[_View, int]]
     if session.owner is not ts.task:
         session.owner = ts.task
         owner = owner_id(ts.task).encode()
-    sql, params, prepared, cols = lock_statement(members, names.sequence_b, owner)
+    sql, params, prepared, cols = lock_statement(members, names.sequence_b, owner, try_only)
     pending = None
     try:
         pending = session.send(sql, params, prepared=prepared)
-        await session.wait(pending)
-        tokens = []
+        if not (yield from session.wait_steps(pending)):
+            raise TimeoutError("no answer from PostgreSQL in time")
+        tokens: list[int] = []
         for col in cols:  # (no comprehension: this is the hot path, and one lock is common)
-            tokens.append(int(pending.value(col) or 0) if col is not None else 0)
+            value = pending.value(col) if col is not None else b"0"
+            if value is None:  # try_only, and not granted (a try is of one lock)
+                break
+            tokens.append(int(value))
         if registrations is not None:
             names.check(members, registrations)
     except BaseException as exc:
-        await undo(ts, members, pending)
-        translated = await translate(exc, members[0][0], ts, names)
+        # A try statement never waits on the server, so it is never cancelled: it is waited
+        # for, like an earlier statement.
+        yield from undo_steps(ts, members, None if try_only else pending)
+        translated = yield from translate_steps(exc, members[0][0], ts, names)
         if translated is exc:
             raise
         raise translated from exc
-    return tokens
+    return tokens if len(tokens) == len(cols) else None
 
 
-async def undo(ts: TaskState, members: Sequence[tuple[_View, int]], target: Pending | None) -> None:
-    """After any failure of a lock statement (``target``): one shielded unlock of exactly
-    its (key, mode) pairs on the same session (true means it had been granted: now
-    undone).  If that fails, the session is closed: the server then drops all it held."""
+def undo_steps(
+    ts: TaskState, members: Sequence[tuple[_View, int]], target: Pending | None
+) -> Steps[None]:
+    """After any failure of a lock statement (``target``, None for a try statement): one
+    shielded unlock of exactly its (key, mode) pairs on the same session (true means it had
+    been granted: now undone), as a step (see :mod:`._steps`).  If that fails, or takes over
+    :data:`RECOVERY_TIMEOUT`, the session is closed: the server then drops all it held."""
     session = ts.session
     if session is None or session.closed:
         if session is not None:
             ts.lost(SessionLost("the connection to PostgreSQL was lost"))
         return
     sql, params, prepared = undo_statement(members)
+    limit = time.monotonic() + RECOVERY_TIMEOUT
     ok = False
-    with anyio.CancelScope(shield=True) as scope:
-        scope.deadline = anyio.current_time() + RECOVERY_TIMEOUT
-        try:
-            await cancel_and_drain(session, target)
-            pending = session.send(sql, params, prepared=prepared)
-            await session.wait(pending)
+    try:
+        yield from cancel_and_drain_steps(session, target, limit)
+        pending = session.send(sql, params, prepared=prepared)
+        if (yield from session.wait_steps(pending, limit, shielded=True)):
             pending.value()
             ok = True
-        except Exception:
-            ok = False
+    except Exception:
+        ok = False
     if not ok:
         ts.lost(SessionLost("the lock session failed while cleaning up a failed acquire"))
 
 
-async def translate(exc: BaseException, view: _View, ts: TaskState, names: Names) -> BaseException:
+def translate_steps(
+    exc: BaseException, view: _View, ts: TaskState, names: Names
+) -> Steps[BaseException]:
     """The error an acquire raises for ``exc``: a deadlock names the locks of its cycle."""
     names.setup_failed(exc)
     if isinstance(exc, ServerError) and exc.sqlstate == "40P01":
-        cycle = await names.cycle_names(exc, ts.session)
+        cycle = yield from names.cycle_names_steps(exc, ts.session)
         return DeadlockError(
             f"{view!r}: PostgreSQL detected a deadlock between sessions and chose this "
             f"task's request as the victim; locks in the cycle: {cycle}"
@@ -188,98 +232,42 @@ async def translate(exc: BaseException, view: _View, ts: TaskState, names: Names
     return exc
 
 
-async def cancel_and_drain(session: Session, target: Pending | None) -> None:
-    """Stop the lock statement ``target`` if it still runs and read every result (call it
-    shielded).
+def cancel_and_drain_steps(session: Session, target: Pending | None, limit: float) -> Steps[None]:
+    """Stop the lock statement ``target`` if it still runs and read every result, as a
+    shielded step (see :mod:`._steps`), by ``limit`` (``time.monotonic()``) at the latest.
 
     A cancel request hits whatever the backend runs when it arrives, so it is sent only while
     ``target`` is the oldest unanswered statement: earlier ones (a release's unlock) are
     waited for, never cancelled.  A request that arrives between statements is ignored by the
     server, hence the retry.
+
+    Raises:
+        SessionLost: the session was closed (the server then drops the request and any grant).
     """
     session.poll()
     silent: Pending | None = None
     while not session.idle:
         head = session.oldest
         if head is target:
-            if not await session.cancel_running(_CANCEL_TIMEOUT):
+            if not (
+                yield from session.cancel_steps(min(_CANCEL_TIMEOUT, limit - time.monotonic()))
+            ):
                 # Undeliverable (network cut, server gone, libpq < 17): the statement may wait
                 # on forever, so the session goes; the server drops the request and any grant.
                 reason = SessionLost("a waiting lock statement could not be cancelled in time")
                 session.close(reason)
                 raise reason
         elif head is silent:
-            # An earlier statement (an unlock, a name's registration: none of them waits on
-            # the server) is still unanswered after 0.5 s: the network or the server is gone,
-            # and the answers may never come.  The session goes, as above.
+            # An earlier statement (an unlock, a name's registration, a try statement: none of
+            # them waits on the server) is still unanswered after 0.5 s: the network or the
+            # server is gone, and the answers may never come.  The session goes, as above.
             reason = SessionLost("the lock session stopped answering")
             session.close(reason)
             raise reason
         silent = head
-        with anyio.move_on_after(0.5):
-            await session.wait(head)
-
-
-# -- trying without waiting (acquire_nowait) ------------------------------------------------------
-
-
-def try_lock_blocking(ts: TaskState, names: Names, view: _View, mode: int, deadline: float) -> int:
-    """Try (key, mode) on the task's session, blocking until ``deadline`` at the latest;
-    returns the fencing token (0 for shared).
-
-    Raises:
-        WouldBlock: not granted, or no answer by ``deadline`` (nothing is held then).
-    """
-    session = ts.session
-    assert session is not None
-    k = str(view._key).encode()
-    try:
-        session.wait_blocking(None, deadline)  # earlier results first
-        registrations = names.prefix(session, ((view, mode),))
-        if session.owner is not ts.task:
-            session.owner = ts.task
-            session.send(_SQL_SET_NAME, [owner_id(ts.task).encode()])
-        if mode == X:
-            pending = session.send(_SQL_TRY_X, [k, names.sequence_b], prepared=True)
-        else:
-            pending = session.send(_SQL_TRY_S, [k], prepared=True)
-        session.wait_blocking(pending, deadline)
-        value = pending.value()
-        if registrations is not None:
-            names.check(((view, mode),), registrations)
-    except BaseException as exc:
-        _undo_blocking(ts, view._key, mode, deadline)
-        if isinstance(exc, TimeoutError):
-            raise anyio.WouldBlock from exc
-        raise
-    if mode == X:
-        if value is None:
-            raise anyio.WouldBlock
-        return int(value)
-    if value != b"t":
-        raise anyio.WouldBlock
-    return 0
-
-
-def _undo_blocking(ts: TaskState, key: int, mode: int, deadline: float) -> None:
-    """After any failure of a try-lock: unlock it on the same session by ``deadline``, or
-    close the session (the server then drops all it held)."""
-    session = ts.session
-    if session is None or session.closed:
-        if session is not None:
-            ts.lost(SessionLost("the connection to PostgreSQL was lost"))
-        return
-    try:
-        # A try-lock never waits on the server: a statement still unanswered means the
-        # server or the network did not answer in time, and a cancel request could only
-        # wait for it too.  Closing the session is the undo that never blocks.
-        if not session.idle:
-            raise TimeoutError
-        pending = session.send(_SQL_UNLOCK[mode], [str(key).encode()], prepared=True)
-        session.wait_blocking(pending, deadline)
-        pending.value()
-    except Exception:
-        ts.lost(SessionLost("the lock session failed while cleaning up a failed acquire"))
+        yield from session.wait_steps(
+            head, min(time.monotonic() + _CANCEL_TIMEOUT, limit), shielded=True
+        )
 
 
 # -- releasing ------------------------------------------------------------------------------------

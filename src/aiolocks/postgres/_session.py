@@ -13,6 +13,9 @@ its results, the event loop reads the socket as soon as data arrives (asyncio: a
 callback; trio: a system task), so a terminated backend or a server shutdown is known within
 the loop's latency, not at the next heartbeat.
 
+Connecting, reading results and cancelling a statement are *steps* (:mod:`._steps`): each is
+written once, and both the awaiting paths and the blocking ``acquire_nowait()`` drive it.
+
 Invariants:
     _pending holds one entry per statement sent and not yet read, oldest first
     reading is True while a task awaits results; nobody else touches the socket then (the
@@ -22,13 +25,11 @@ Invariants:
 
 from __future__ import annotations
 
-import os
 import selectors
-import socket
 import sys
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, final
 
 import anyio
@@ -36,6 +37,7 @@ from psycopg import OperationalError, pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .._backend import TRIO
+from ._steps import Steps, run_async
 
 __all__ = ["Pending", "ServerError", "Session", "SessionLost"]
 
@@ -107,31 +109,6 @@ class SessionLost(ConnectionError):
     """
 
 
-Waiters = tuple[Any, Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]
-
-
-def _fd_waiters(fd: int) -> Waiters:
-    """anyio >= 4.7 waits on a file descriptor."""
-    return None, lambda: anyio.wait_readable(fd), lambda: anyio.wait_writable(fd)
-
-
-def _socket_waiters(fd: int) -> Waiters:
-    """Older anyio waits on a socket object: one over a duplicate of the descriptor."""
-    sock = socket.socket(fileno=os.dup(fd))
-
-    async def wait_read() -> None:
-        await anyio.wait_socket_readable(sock)
-
-    async def wait_write() -> None:
-        await anyio.wait_socket_writable(sock)
-
-    return sock, wait_read, wait_write
-
-
-#: ``_waiters(fd) -> (socket to close or None, wait_readable, wait_writable)``
-_waiters = _fd_waiters if hasattr(anyio, "wait_readable") else _socket_waiters
-
-
 @final
 class Pending:
     """One statement sent on a session, until its results are read."""
@@ -182,9 +159,6 @@ class Session:
         "_on_lost",
         "_pending",
         "_prepared",
-        "_read",
-        "_sock",
-        "_write",
         "app_name",
         "closed",
         "fd",
@@ -194,15 +168,16 @@ class Session:
         "pid",
         "reading",
         "server_version",
+        "waits",
     )
 
     def __init__(self, pgconn: pq.abc.PGconn, app_name: str) -> None:
         self.pgconn = pgconn
         self.fd = pgconn.socket
-        self._sock, self._read, self._write = _waiters(self.fd)
         self._pending: deque[Pending] = deque()
         self._prepared: dict[bytes, bytes] = {}  # statement -> name of its prepared form
         self.reading = False
+        self.waits = 0  # waits for results on the event loop (or blocking) so far
         self.needs_flush = False
         self.closed = False
         self.app_name = app_name
@@ -211,7 +186,7 @@ class Session:
         self.server_version = pgconn.server_version
         self._loop: Any = None
         self._on_lost: Callable[[SessionLost], None] | None = None  # set while watched
-        self._armed: Any = None  # trio: the watching task's cancel scope; asyncio: True
+        self._armed: Any = None  # asyncio: True; trio: the _TrioWatch (or a task's scope)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{len(self._pending)} pending"
@@ -220,58 +195,38 @@ class Session:
     # -- connecting -----------------------------------------------------------------------------
 
     @classmethod
-    async def connect(
+    def connect_steps(
         cls, dsn: str, app_name: str, settings: dict[str, str], timeout: float = 30.0
-    ) -> Session:
-        """Open a session without blocking the event loop (libpq's asynchronous connect)."""
+    ) -> Steps[Session]:
+        """Open a session: libpq's asynchronous connect, as a step (see :mod:`._steps`), given
+        up after ``timeout`` seconds (``SessionLost``).  A server older than 14 is asked again
+        without the settings it does not know."""
         try:
-            return await cls._connect(build_conninfo(dsn, app_name, settings), app_name, timeout)
-        except SessionLost as exc:
-            if "unrecognized configuration parameter" not in str(exc):
-                raise
-        # PostgreSQL < 14: drop the settings it does not know
-        old = {k: v for k, v in settings.items() if k not in _PG14_SETTINGS}
-        return await cls._connect(build_conninfo(dsn, app_name, old), app_name, timeout)
-
-    @classmethod
-    def connect_blocking(
-        cls, dsn: str, app_name: str, settings: dict[str, str], deadline: float
-    ) -> Session:
-        """Open a session, blocking the calling thread until ``deadline`` at the latest
-        (``time.monotonic()``; for ``acquire_nowait()``)."""
-        try:
-            return cls._connect_sync(build_conninfo(dsn, app_name, settings), app_name, deadline)
+            conninfo = build_conninfo(dsn, app_name, settings)
+            return (yield from cls._connect(conninfo, app_name, timeout))
         except SessionLost as exc:
             if "unrecognized configuration parameter" not in str(exc):
                 raise
         old = {k: v for k, v in settings.items() if k not in _PG14_SETTINGS}
-        return cls._connect_sync(build_conninfo(dsn, app_name, old), app_name, deadline)
+        return (yield from cls._connect(build_conninfo(dsn, app_name, old), app_name, timeout))
 
     @classmethod
-    async def _connect(cls, conninfo: str, app_name: str, timeout: float) -> Session:
-        pgconn = pq.PGconn.connect_start(conninfo.encode())
-        try:
-            with anyio.move_on_after(timeout):
-                while True:
-                    step = _connect_step(pgconn)
-                    if step is None:
-                        return cls(pgconn, app_name)
-                    await _wait_fd(pgconn.socket, read=step)
-            raise SessionLost(f"cannot connect to PostgreSQL: no answer in {timeout:g} s")
-        except BaseException:
-            pgconn.finish()
-            raise
-
-    @classmethod
-    def _connect_sync(cls, conninfo: str, app_name: str, deadline: float) -> Session:
+    def _connect(cls, conninfo: str, app_name: str, timeout: float) -> Steps[Session]:
         start = time.monotonic()
+        limit = start + timeout
         pgconn = pq.PGconn.connect_start(conninfo.encode())
         try:
             while True:
-                step = _connect_step(pgconn)
-                if step is None:
+                status = pgconn.connect_poll()
+                if status == pq.PollingStatus.OK:
+                    pgconn.nonblocking = 1
+                    pgconn.enter_pipeline_mode()
                     return cls(pgconn, app_name)
-                if not _wait_ready(pgconn.socket, step, deadline):
+                if status not in (pq.PollingStatus.READING, pq.PollingStatus.WRITING):
+                    raise SessionLost(f"cannot connect to PostgreSQL: {_error_text(pgconn)}")
+                # the descriptor may change from one call to the next (another address)
+                read = status == pq.PollingStatus.READING
+                if not (yield pgconn.socket, read, limit - time.monotonic(), False):
                     waited = time.monotonic() - start
                     raise SessionLost(f"cannot connect to PostgreSQL: no answer in {waited:.3g} s")
         except BaseException:
@@ -393,62 +348,53 @@ class Session:
             elif status != _PIPELINE_ABORTED:
                 head.result = res
 
-    async def wait(self, target: Pending) -> Pending:
-        """Wait until ``target`` (and every statement sent before it) has its results.
+    def wait_steps(
+        self, target: Pending, limit: float | None = None, *, shielded: bool = False
+    ) -> Steps[bool]:
+        """Read results until ``target`` (and every statement sent before it) has its own, as
+        a step (see :mod:`._steps`); False if ``limit`` (``time.monotonic()``) passed first.
 
-        Cancellable: a cancellation leaves the session consistent (unread results stay queued)
-        but the statement keeps running on the server; see :meth:`cancel_running`.
+        Cancelled (unless ``shielded``), it leaves the session consistent (unread results stay
+        queued) but the statement keeps running on the server; see :meth:`cancel_steps`.
 
         Raises:
             SessionLost: the connection broke.
         """
         if target.done:
-            return target
+            return True
         self.reading = True
         self._disarm()
         try:
             while True:
                 self.poll()
                 if target.done:
-                    return target
-                if self.needs_flush:
-                    await self._write()
-                else:
-                    await self._read()
+                    return True
+                timeout = None if limit is None else limit - time.monotonic()
+                self.waits += 1
+                if not (yield self.fd, not self.needs_flush, timeout, shielded):
+                    return False
         finally:
             self.reading = False
             if self._on_lost is not None:
                 self._arm()
 
-    def wait_blocking(self, target: Pending | None, deadline: float) -> None:
-        """Like :meth:`wait` (``None``: every statement sent), blocking the thread until
-        ``deadline`` (``time.monotonic()``) at the latest.
-
-        Raises:
-            SessionLost: the connection broke.
-            TimeoutError: no results by ``deadline`` (the statements still run).
-        """
-        while True:
-            self.poll()
-            if target.done if target is not None else not self._pending:
-                return
-            if not _wait_ready(self.fd, not self.needs_flush, deadline):
-                raise TimeoutError("no answer from PostgreSQL in time")
+    async def wait(self, target: Pending) -> Pending:
+        """Wait until ``target`` (and every statement sent before it) has its results (see
+        :meth:`wait_steps`)."""
+        if not target.done:
+            await run_async(self.wait_steps(target))
+        return target
 
     async def execute(self, sql: bytes, params: Sequence[bytes | None] | None = None) -> Pending:
         """Send a statement and wait for its results (see :meth:`wait`)."""
         return await self.wait(self.send(sql, params))
 
-    async def drain(self) -> None:
-        """Read the results of every statement sent so far."""
-        if self._pending:
-            await self.wait(self._pending[-1])
+    def cancel_steps(self, timeout: float) -> Steps[bool]:
+        """Ask the server to cancel the statement it is running for us (if any), as a shielded
+        step (see :mod:`._steps`); then read the results.
 
-    async def cancel_running(self, timeout: float) -> bool:
-        """Ask the server to cancel the statement it is running for us (if any).
-
-        Never blocks: libpq's non-blocking cancel, on a connection of its own, waited for on
-        the event loop for at most ``timeout`` seconds.  Call it shielded, then :meth:`drain`.
+        Never blocks: libpq's non-blocking cancel, on a connection of its own, for at most
+        ``timeout`` seconds.
 
         Returns:
             True when the server took the request (or nothing runs); False when it could not
@@ -459,21 +405,23 @@ class Session:
             return True
         if not _NONBLOCKING_CANCEL:
             return False
+        limit = time.monotonic() + timeout
         try:
             cancel = self.pgconn.cancel_conn()
         except OperationalError:
             return False
         try:
-            with anyio.move_on_after(timeout):
-                cancel.start()
-                while (status := cancel.poll()) not in (_POLL_OK, _POLL_FAILED):
-                    await _wait_fd(cancel.socket, read=status == _POLL_READING)
-                return status == _POLL_OK
+            cancel.start()
+            while (status := cancel.poll()) not in (_POLL_OK, _POLL_FAILED):
+                # the descriptor may change from one call to the next (another address)
+                read = status == _POLL_READING
+                if not (yield cancel.socket, read, limit - time.monotonic(), True):
+                    return False
         except OperationalError:  # the request could not even be started
-            pass
+            return False
         finally:
             cancel.finish()
-        return False
+        return status == _POLL_OK
 
     # -- watching ---------------------------------------------------------------------------------
 
@@ -493,18 +441,25 @@ class Session:
     def _arm(self) -> None:
         if self._armed is not None or self.closed:
             return
-        if self._loop is TRIO:
-            trio = sys.modules["trio"]
-            scope = self._armed = trio.CancelScope()
-            trio.lowlevel.spawn_system_task(self._watch_trio, scope, name="aiolocks-pg-watch")
-        else:
+        if self._loop is not TRIO:
             self._loop.add_reader(self.fd, self._readable)
             self._armed = True
+            return
+        watch = _TrioWatch.current()
+        if watch is not None:
+            watch.selector.register(self.fd, selectors.EVENT_READ, self)
+            self._armed = watch
+            return
+        trio = sys.modules["trio"]  # no selector trio can wait on (Windows): a task each
+        scope = self._armed = trio.CancelScope()
+        trio.lowlevel.spawn_system_task(self._watch_trio, scope, name="aiolocks-pg-watch")
 
     def _disarm(self) -> None:
         armed, self._armed = self._armed, None
         if armed is True:
             self._loop.remove_reader(self.fd)
+        elif isinstance(armed, _TrioWatch):
+            armed.selector.unregister(self.fd)
         elif armed is not None:
             armed.cancel()  # synchronous in trio: the descriptor is free at once
 
@@ -546,53 +501,59 @@ class Session:
             # another task waits on the descriptor (aclose() during an acquire): wake it
             # (ClosedResourceError) before the descriptor goes away under it
             try:
-                anyio.notify_closing(self._sock if self._sock is not None else self.fd)
+                anyio.notify_closing(self.fd)
             except Exception:  # pragma: no cover - no event loop (closing from elsewhere)
                 pass
-        if self._sock is not None:
-            self._sock.close()
         try:
             self.pgconn.finish()
         except Exception:  # pragma: no cover - finishing never fails in practice
             pass
 
 
-def _connect_step(pgconn: pq.abc.PGconn) -> bool | None:
-    """Advance a libpq connect: None when done, else True to wait for reading, False for
-    writing.  Sets up the finished connection (nonblocking, pipeline mode)."""
-    status = pgconn.connect_poll()
-    if status == pq.PollingStatus.OK:
-        pgconn.nonblocking = 1
-        pgconn.enter_pipeline_mode()
-        return None
-    if status == pq.PollingStatus.READING:
-        return True
-    if status == pq.PollingStatus.WRITING:
-        return False
-    raise SessionLost(f"cannot connect to PostgreSQL: {_error_text(pgconn)}")
+@final
+class _TrioWatch:
+    """trio: one system task per run reads the socket of every watched session when data
+    arrives.  Their descriptors are in a selector (epoll, kqueue) of our own, whose descriptor
+    trio waits on; so watching a session and stopping are a system call each, not a task
+    spawned and cancelled on every acquisition."""
+
+    __slots__ = ("selector",)
+    _var: Any = None  # trio.lowlevel.RunVar, made on first use (trio is optional)
+
+    def __init__(self, selector: selectors.BaseSelector) -> None:
+        self.selector = selector
+
+    @classmethod
+    def current(cls) -> _TrioWatch | None:
+        """The current trio run's watch (started on first use), or None if the platform has
+        no selector with a descriptor."""
+        trio = sys.modules["trio"]
+        if cls._var is None:
+            cls._var = trio.lowlevel.RunVar("aiolocks_pg_watch")
+        try:
+            return cls._var.get()  # type: ignore[no-any-return]
+        except LookupError:
+            pass
+        selector = selectors.DefaultSelector()
+        watch = cls(selector) if hasattr(selector, "fileno") else None
+        cls._var.set(watch)
+        if watch is not None:
+            trio.lowlevel.spawn_system_task(watch._run, name="aiolocks-pg-watch")
+        else:
+            selector.close()
+        return watch
+
+    async def _run(self) -> None:
+        trio = sys.modules["trio"]
+        fd = self.selector.fileno()  # type: ignore[attr-defined]
+        while True:
+            await trio.lowlevel.wait_readable(fd)
+            for key, _ in self.selector.select(0):
+                session = key.data
+                if session._armed is self:  # not disarmed by one before it in this batch
+                    session._readable()
 
 
 def _error_text(pgconn: pq.abc.PGconn) -> str:
     # PGconn.error_message (bytes) exists in every psycopg 3; get_error_message() only in 3.2+
     return pgconn.error_message.decode("utf-8", "replace").strip()
-
-
-def _wait_ready(fd: int, read: bool, deadline: float) -> bool:
-    """Block the thread until ``fd`` is ready, or ``deadline`` (``time.monotonic()``) passed:
-    False then.  Any descriptor number (``select.select`` refuses those above 1023)."""
-    timeout = deadline - time.monotonic()
-    if timeout <= 0:
-        return False
-    with selectors.DefaultSelector() as sel:
-        sel.register(fd, selectors.EVENT_READ if read else selectors.EVENT_WRITE)
-        return bool(sel.select(timeout))
-
-
-async def _wait_fd(fd: int, *, read: bool) -> None:
-    """Wait for a file descriptor that may change between calls (while connecting)."""
-    sock, wait_read, wait_write = _waiters(fd)
-    try:
-        await (wait_read() if read else wait_write())
-    finally:
-        if sock is not None:
-            sock.close()

@@ -8,6 +8,7 @@ tasks of any asyncio loops (in any threads, uvloop included), from trio, and fro
 
 from __future__ import annotations
 
+from . import _introspect as _introspect  # registers the locks with aiolocks.debug
 from ._condition import Condition
 from ._lock import Lock
 from ._rwlock import ReadLock, RWLock, UpgradableLock, WriteLock

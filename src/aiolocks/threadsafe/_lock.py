@@ -256,14 +256,6 @@ class Lock(Primitive):
             owner, waiting = self._owner, len(self._q)
         return LockStatistics(owner is not None, owner_info(owner), waiting)
 
-    def _check_invariants(self) -> None:
-        with self._cs:
-            if self._q:
-                assert self._owner is not None, "waiters queued behind no owner"
-            if self._broken is not None:
-                assert not self._q, "waiters queued on a broken lock"
-            assert all(w.state == 0 for w in self._q), "a stale waiter queued"
-
     # -- the condition port (see _condition.py; called with _cs held) --------------------------
 
     def _cv_holds(self, owner: Any) -> bool:
@@ -281,22 +273,3 @@ class Lock(Primitive):
     def _collection_view(self) -> tuple[Any, bool]:
         """What ``LockCollection`` orders and de-duplicates by: (the lock, not shared)."""
         return self, False
-
-    # -- aiolocks.debug ---------------------------------------------------------------------------
-
-    _debug_kind = "threadsafe.Lock"
-
-    def _debug_holders(self) -> list[tuple[Any, str]]:
-        owner = self._owner
-        return [] if owner is None else [(owner, "exclusive")]
-
-    def _debug_waiters(self) -> list[tuple[Waiter, str]]:
-        with self._cs:
-            return [(w, "exclusive") for w in self._q]
-
-    def _debug_mode(self, waiter: Waiter) -> str:
-        return "exclusive"
-
-    def _debug_blockers(self, task: Any, mode: str, waiter: Waiter | None = None) -> list[Any]:
-        owner = self._owner
-        return [] if owner is None or owner is task else [owner]

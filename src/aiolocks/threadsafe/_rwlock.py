@@ -425,43 +425,6 @@ class RWLock(Primitive):
             version = self._version
         return RWLockStatistics(readers, owner_info(writer), rw, ww, version)
 
-    def _check_invariants(self) -> None:
-        with self._cs:
-            if self._writer is not None:
-                assert set(self._readers) <= {self._writer}, "readers beside a writer"
-                assert self._upgradable in (None, self._writer), "upgradable beside a writer"
-                assert self._wlevels >= 1
-                assert self._version % 2 == 1, "version even while write-held"
-            else:
-                assert self._wlevels == 0
-                assert self._version % 2 == 0, "version odd while not write-held"
-            assert all(w.state == 0 for w in self._q), "a stale waiter queued"
-            assert all(n >= 1 for n, _ in self._readers.values())
-
-    _debug_kind = "threadsafe.RWLock"
-
-    def _debug_holders(self) -> list[tuple[Any, str]]:
-        with self._cs:
-            out = [(o, "read") for o in self._readers]
-            if self._writer is not None:
-                out.append((self._writer, "write"))
-            elif self._upgradable is not None:
-                out.append((self._upgradable, "upgradable"))
-        return out
-
-    def _debug_waiters(self) -> list[tuple[Waiter, str]]:
-        with self._cs:
-            return [(w, w.mode) for w in self._q]
-
-    def _debug_mode(self, waiter: Waiter) -> str:
-        return str(waiter.mode)
-
-    def _debug_blockers(self, task: Any, mode: str, waiter: Waiter | None = None) -> list[Any]:
-        if waiter is None:
-            return []
-        with self._cs:
-            return [o for o, _ in self._blockers(waiter) if o is not task]
-
 
 class _View:
     """A lock-like view of one mode of an :class:`RWLock` (common lock shape, both sides)."""

@@ -1,0 +1,446 @@
+"""Lock metrics through OpenTelemetry: wait and hold times, outcomes, tasks waiting now.
+
+Needs the ``otel`` extra (``pip install 'aiolocks[otel]'``, which installs
+``opentelemetry-api`` only; the application brings the SDK and its exporters)::
+
+    from aiolocks.telemetry import AiolocksInstrumentor
+
+    AiolocksInstrumentor().instrument()                  # the global meter provider
+    AiolocksInstrumentor().instrument(meter_provider=p)  # or a given one
+
+Instruments (meter ``aiolocks``; names and attributes are stable):
+
+``aiolocks.lock.wait.duration`` (histogram, s)
+    Time spent in each ``acquire()`` / ``async with`` that finished, whatever its outcome.
+``aiolocks.lock.hold.duration`` (histogram, s)
+    Time from each acquisition to its release.
+``aiolocks.lock.acquisitions`` (counter)
+    Acquisitions by ``outcome``: ``acquired``, ``cancelled`` (the waiter was cancelled or
+    timed out), ``broken`` (the holder exited without releasing), ``deadlock``
+    (:class:`~aiolocks.DeadlockError`, or :class:`~aiolocks.LockOrderError` in debug mode) and
+    ``lost`` (:class:`~aiolocks.LockLostError`, reported by a PostgreSQL lock whose hold was
+    lost: counted when the loss is reported, in addition to that hold's ``acquired``).
+``aiolocks.lock.waiting`` (up-down counter)
+    Tasks inside ``acquire()`` / ``async with`` right now.
+
+Every measurement carries ``lock.name`` (the ``name=`` of the lock; its kind for unnamed locks,
+so that the number of series stays bounded; a keyed table's entries report under the table's
+name), ``lock.kind`` (``Lock``, ``RWLock``, ``PostgresLock``, ``PostgresRWLock``) and
+``lock.mode`` (``exclusive``, ``read``, ``write``, ``upgradable``).
+
+Nothing is measured, and nothing is paid, until :meth:`AiolocksInstrumentor.instrument`: as in
+debug mode, it swaps measuring versions of the acquire and release methods into the lock
+classes, and :meth:`~AiolocksInstrumentor.uninstrument` puts the originals back.
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, final
+from weakref import ref
+
+try:
+    from opentelemetry import metrics as _otel
+except ImportError as _missing:  # the extra is not installed
+    raise ImportError(
+        f"aiolocks.telemetry needs the OpenTelemetry API: pip install 'aiolocks[otel]' ({_missing})"
+    ) from _missing
+
+from anyio import BrokenResourceError
+
+# The classes through the public package: where they are defined may change.
+from . import (
+    Condition,
+    DeadlockError,
+    Lock,
+    LockLostError,
+    LockOrderError,
+    ReadLock,
+    UpgradableLock,
+    WriteLock,
+    _patch,
+)
+from ._backend import current_task, task_of
+from ._common import name_of
+from ._lockclass import class_of
+
+__all__ = ["AiolocksInstrumentor"]
+
+#: Histogram buckets (seconds) from 10 µs to a minute: a lock wait is short or a problem.
+_BUCKETS = (0.0, 1e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0)
+#: The order of the metrics among the layers of instrumented methods: outside debug mode's, so
+#: that its refusals (DeadlockError, LockOrderError) are counted as outcomes.
+_LAYER = 1
+
+_clock = time.perf_counter
+Attributes = Mapping[str, str]
+
+
+class _Series:
+    """One set of (lock.name, lock.kind, lock.mode): its counts, kept here and observed by the
+    asynchronous instruments when the metrics are collected (no call into OpenTelemetry per
+    acquisition for them)."""
+
+    __slots__ = ("base", "counts", "hold", "wait", "waiting")
+
+    def __init__(self, key: tuple[str, str, str], wait: Any, hold: Any) -> None:
+        name, kind, mode = key
+        self.base: Attributes = {"lock.name": name, "lock.kind": kind, "lock.mode": mode}
+        self.counts: dict[str, int] = {}  # outcome -> acquisitions
+        self.waiting = 0
+        self.wait = wait  # the histograms it records into
+        self.hold = hold
+
+    def count(self, outcome: str) -> None:
+        self.counts[outcome] = self.counts.get(outcome, 0) + 1
+
+
+class _Meters:
+    """The instruments, and what the measuring methods keep while instrumented."""
+
+    def __init__(self, meter: Any) -> None:
+        def histogram(name: str, description: str) -> Any:
+            try:
+                return meter.create_histogram(
+                    name, unit="s", description=description,
+                    explicit_bucket_boundaries_advisory=list(_BUCKETS),
+                )  # fmt: skip
+            except TypeError:  # opentelemetry-api < 1.23 takes no advisory
+                return meter.create_histogram(name, unit="s", description=description)
+
+        self.wait = histogram(
+            "aiolocks.lock.wait.duration", "Time spent acquiring a lock, whatever the outcome"
+        )
+        self.hold = histogram(
+            "aiolocks.lock.hold.duration", "Time from acquiring a lock to releasing it"
+        )
+        meter.create_observable_counter(
+            "aiolocks.lock.acquisitions", callbacks=[self._acquisitions], unit="{acquisition}",
+            description="Lock acquisitions, by outcome",
+        )  # fmt: skip
+        meter.create_observable_up_down_counter(
+            "aiolocks.lock.waiting", callbacks=[self._waiting], unit="{task}",
+            description="Tasks waiting to acquire a lock now",
+        )  # fmt: skip
+        # Every series ever seen: few (unnamed locks share their kind's), and kept, since the
+        # counts are cumulative.
+        self.all: dict[tuple[str, str, str], _Series] = {}
+        # id(view) -> (weak reference to the view, its series); a view's entry leaves with it
+        self.series: dict[int, tuple[ref[Any], _Series]] = {}
+        # (task, lock view) -> when each of its holds began, oldest first (re-entrant holds)
+        self.holds: dict[tuple[Any, Any], list[float]] = {}
+
+    def of(self, view: Any, mode: str) -> _Series:
+        entry = self.series.get(id(view))
+        if entry is not None and entry[0]() is view:
+            return entry[1]
+        key = _describe(view, mode)
+        series = self.all.get(key)
+        if key[0].startswith("aiolocks."):
+            # A lock aiolocks made for itself (the local gate of a PostgreSQL lock): measured
+            # through what uses it, not again.  Its series records nothing and is not observed.
+            series = _Series(key, _QUIET, _QUIET)
+        elif series is None:
+            series = self.all[key] = _Series(key, self.wait, self.hold)
+        ident, table = id(view), self.series
+        table[ident] = (ref(view, lambda _: table.pop(ident, None)), series)
+        return series
+
+    # The callbacks may run in the exporter's thread: they copy before they iterate.
+
+    def _acquisitions(self, options: Any) -> Iterator[_otel.Observation]:
+        for series in list(self.all.values()):
+            for outcome, n in list(series.counts.items()):
+                yield _otel.Observation(n, {**series.base, "outcome": outcome})
+
+    def _waiting(self, options: Any) -> Iterator[_otel.Observation]:
+        for series in list(self.all.values()):
+            yield _otel.Observation(series.waiting, series.base)
+
+    def begin_hold(self, task: Any, view: Any, at: float) -> None:
+        key = (task, view)
+        starts = self.holds.get(key)
+        if starts is None:
+            self.holds[key] = [at]
+        else:
+            starts.append(at)
+
+    def end_hold(self, task: Any, view: Any, series: _Series, lost: bool = False) -> None:
+        if lost:  # the release reported the hold lost (a PostgreSQL lock)
+            series.count("lost")
+        key = (task, view)
+        starts = self.holds.get(key)
+        if not starts:
+            return  # taken before instrument()
+        began = starts.pop()
+        if not starts:
+            del self.holds[key]
+        series.hold.record(_clock() - began, series.base)
+
+
+_meters: _Meters | None = None
+
+
+class _Quiet:
+    """A histogram that records nothing."""
+
+    __slots__ = ()
+
+    def record(self, amount: float, attributes: Attributes | None = None) -> None:
+        pass
+
+
+_QUIET = _Quiet()
+
+
+def _describe(view: Any, mode: str) -> tuple[str, str, str]:
+    """lock.name, lock.kind and lock.mode of a lock view."""
+    pg_kind = getattr(view, "_kind", None)
+    if pg_kind is not None:  # an aiolocks.postgres view: always named
+        kind = "PostgresLock" if pg_kind == "lock" else "PostgresRWLock"
+        return (view.name, kind, mode)
+    prim = getattr(view, "_rw", view)
+    kind = "Lock" if isinstance(prim, Lock) else "RWLock"
+    table = class_of(prim)  # a keyed table's entries report under the table's name
+    name = name_of(prim) if table is None else table.name
+    return (name or kind, kind, mode)
+
+
+def _outcome(exc: BaseException) -> str | None:
+    if isinstance(exc, (DeadlockError, LockOrderError)):
+        return "deadlock"
+    if isinstance(exc, LockLostError):
+        return "lost"
+    if isinstance(exc, BrokenResourceError):
+        return "broken"
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    trio = sys.modules.get("trio")
+    if trio is not None and isinstance(exc, trio.Cancelled):
+        return "cancelled"
+    return None  # not a lock's answer (KeyboardInterrupt, a misuse error): not counted
+
+
+def _local_task(view: Any) -> Any:
+    prim = getattr(view, "_rw", view)
+    return task_of(prim._loop) or current_task()
+
+
+def _pg_task(view: Any) -> Any:
+    return view._engine.task()
+
+
+# -- the measuring methods -----------------------------------------------------------------------
+
+
+def _acquiring(task_of_view: Callable[[Any], Any]) -> _patch.Wrap:
+    def wrap(orig: Callable[..., Any], mode: str) -> Callable[..., Any]:
+        async def acquire(self: Any) -> None:
+            m = _meters
+            if m is None:  # uninstrumented since: behave as the original
+                await orig(self)
+                return
+            series = m.of(self, mode)
+            series.waiting += 1
+            began = _clock()
+            try:
+                await orig(self)
+            except BaseException as exc:
+                series.waiting -= 1
+                outcome = _outcome(exc)
+                if outcome is not None:
+                    series.wait.record(_clock() - began, series.base)
+                    series.count(outcome)
+                raise
+            now = _clock()
+            series.waiting -= 1
+            series.wait.record(now - began, series.base)
+            series.count("acquired")
+            m.begin_hold(task_of_view(self), self, now)
+
+        return acquire
+
+    return wrap
+
+
+def _acquiring_nowait(task_of_view: Callable[[Any], Any]) -> _patch.Wrap:
+    def wrap(orig: Callable[..., Any], mode: str) -> Callable[..., Any]:
+        def acquire_nowait(self: Any) -> None:
+            m = _meters
+            try:
+                orig(self)
+            except (DeadlockError, LockLostError) as exc:
+                if m is not None:
+                    m.of(self, mode).count(_outcome(exc) or "")
+                raise
+            if m is not None:
+                m.of(self, mode).count("acquired")
+                m.begin_hold(task_of_view(self), self, _clock())
+
+        return acquire_nowait
+
+    return wrap
+
+
+def _releasing(task_of_view: Callable[[Any], Any]) -> _patch.Wrap:
+    def wrap(orig: Callable[..., Any], mode: str) -> Callable[..., Any]:
+        def release(self: Any) -> None:
+            m = _meters
+            if m is None:
+                orig(self)
+                return
+            task = task_of_view(self)
+            try:
+                orig(self)
+            except LockLostError:
+                m.end_hold(task, self, m.of(self, mode), lost=True)
+                raise
+            m.end_hold(task, self, m.of(self, mode))
+
+        return release
+
+    return wrap
+
+
+def _pg_exiting(orig: Callable[..., Any], mode: str) -> Callable[..., Any]:
+    async def __aexit__(self: Any, *exc_info: Any) -> bool:
+        m = _meters
+        if m is None:
+            return bool(await orig(self, *exc_info))
+        task = self._engine.task()
+        try:
+            swallowed = await orig(self, *exc_info)
+        except LockLostError:
+            m.end_hold(task, self, m.of(self, mode), lost=True)
+            raise
+        m.end_hold(task, self, m.of(self, mode))
+        return bool(swallowed)
+
+    return __aexit__
+
+
+def _cond_waiting(orig: Callable[..., Any], mode: str) -> Callable[..., Any]:
+    # wait() lets go of the lock and takes it back: the hold ends there (a sleeper holds
+    # nothing) and a new one begins when the lock is back.
+    async def wait(self: Any) -> None:
+        m = _meters
+        lock = self._lock
+        if m is None or not isinstance(lock, (Lock, ReadLock, WriteLock)):
+            await orig(self)
+            return
+        task = _local_task(lock)
+        key = (task, lock)
+        levels = len(m.holds.get(key, ()))
+        series = m.of(lock, lock._cv_mode)
+        for _ in range(levels):
+            m.end_hold(task, lock, series)
+        try:
+            await orig(self)
+        finally:
+            starts = m.holds.pop(key, [])
+            again = max(levels, len(starts))
+            if again and self._port._cv_holds(task):
+                m.holds[key] = [_clock()] * again
+
+    return wait
+
+
+def _plan() -> _patch.Plan:
+    plan: _patch.Plan = []
+    local_views: tuple[tuple[type, str], ...] = (
+        (Lock, "exclusive"),
+        (ReadLock, "read"),
+        (WriteLock, "write"),
+        (UpgradableLock, "upgradable"),
+    )
+    for cls, mode in local_views:
+        plan += [
+            (cls, "__aenter__", _acquiring(_local_task), mode),
+            (cls, "acquire_nowait", _acquiring_nowait(_local_task), mode),
+            (cls, "release", _releasing(_local_task), mode),
+            (cls, "__aexit__", _patch.release_on_exit, mode),
+        ]
+    plan.append((Condition, "wait", _cond_waiting, ""))
+    try:
+        from .postgres import PostgresLock, PostgresReadLock, PostgresWriteLock
+    except ImportError:  # no psycopg: there are no PostgreSQL locks to measure
+        return plan
+    pg_views: tuple[tuple[type, str], ...] = (
+        (PostgresLock, "exclusive"),
+        (PostgresReadLock, "read"),
+        (PostgresWriteLock, "write"),
+    )
+    for cls, mode in pg_views:
+        plan += [
+            (cls, "acquire", _acquiring(_pg_task), mode),
+            (cls, "acquire_nowait", _acquiring_nowait(_pg_task), mode),
+            (cls, "release", _releasing(_pg_task), mode),
+            (cls, "__aenter__", _acquiring(_pg_task), mode),
+            (cls, "__aexit__", _pg_exiting, mode),
+        ]
+    return plan
+
+
+# -- the switch ----------------------------------------------------------------------------------
+
+
+@final
+class AiolocksInstrumentor:
+    """Switch OpenTelemetry metrics of every aiolocks lock on and off, for the whole process.
+
+    The OpenTelemetry instrumentor shape: ``AiolocksInstrumentor().instrument()`` /
+    ``.uninstrument()``.  Instances share one state, so the instrumentor made at start-up and
+    one made elsewhere switch the same thing.  Covers :class:`~aiolocks.Lock`, the
+    :class:`~aiolocks.RWLock` views, a :class:`~aiolocks.Condition`'s lock (``wait()`` ends
+    the hold: a sleeper holds nothing), the locks of :class:`~aiolocks.KeyedLock` and
+    :class:`~aiolocks.KeyedRWLock` (under the table's name), and the views of
+    ``aiolocks.postgres`` (where psycopg is installed).  Composes with debug mode: either can
+    be switched on and off while the other is on.
+
+    Holds taken before :meth:`instrument` are not measured when they are released.
+    Acquisitions through a :class:`~aiolocks.LockCollection` made before :meth:`instrument`
+    are not measured (it keeps the methods it was given).
+
+    Example::
+
+        from opentelemetry.sdk.metrics import MeterProvider
+        from aiolocks.telemetry import AiolocksInstrumentor
+
+        AiolocksInstrumentor().instrument(meter_provider=MeterProvider(...))
+
+    .. versionadded:: 0.1
+    """
+
+    __slots__ = ()
+
+    def instrument(self, meter_provider: Any = None) -> None:
+        """Start measuring, through ``meter_provider`` (default: the global one).
+
+        Calling it again while instrumented switches to the new meter provider.
+
+        Args:
+            meter_provider: an OpenTelemetry ``MeterProvider``, or None for
+                ``opentelemetry.metrics.get_meter_provider()``.
+        """
+        global _meters
+        from . import __version__
+
+        provider = _otel.get_meter_provider() if meter_provider is None else meter_provider
+        _meters = _Meters(provider.get_meter("aiolocks", __version__))
+        _patch.install(_LAYER, _plan())
+
+    def uninstrument(self) -> None:
+        """Stop measuring and put the lock classes' original methods back."""
+        global _meters
+        _patch.uninstall(_LAYER)
+        _meters = None
+
+    @property
+    def is_instrumented_by_opentelemetry(self) -> bool:
+        """True while :meth:`instrument` is in effect."""
+        return _meters is not None
