@@ -11,21 +11,26 @@ Needs the ``otel`` extra (``pip install 'aiolocks[otel]'``, which installs
 Instruments (meter ``aiolocks``; names and attributes are stable):
 
 ``aiolocks.lock.wait.duration`` (histogram, s)
-    Time spent in each ``acquire()`` / ``async with`` that finished, whatever its outcome.
+    Time spent in each ``acquire()`` / ``async with`` (or, on the blocking side of
+    :mod:`aiolocks.threadsafe`, ``acquire_blocking()`` / ``with``) that finished, whatever its
+    outcome.
 ``aiolocks.lock.hold.duration`` (histogram, s)
     Time from each acquisition to its release.
 ``aiolocks.lock.acquisitions`` (counter)
     Acquisitions by ``outcome``: ``acquired``, ``cancelled`` (the waiter was cancelled or
-    timed out), ``broken`` (the holder exited without releasing), ``deadlock``
-    (:class:`~aiolocks.DeadlockError`, or :class:`~aiolocks.LockOrderError` in debug mode) and
+    timed out, also an ``acquire_blocking(timeout)`` that returned False), ``broken`` (the
+    holder exited without releasing), ``deadlock`` (:class:`~aiolocks.DeadlockError`, or
+    :class:`~aiolocks.LockOrderError` in debug mode) and
     ``lost`` (:class:`~aiolocks.LockLostError`, reported by a PostgreSQL lock whose hold was
     lost: counted when the loss is reported, in addition to that hold's ``acquired``).
 ``aiolocks.lock.waiting`` (up-down counter)
-    Tasks inside ``acquire()`` / ``async with`` right now.
+    Tasks (and threads) inside ``acquire()`` / ``async with`` (``acquire_blocking()`` /
+    ``with``) right now.
 
 Every measurement carries ``lock.name`` (the ``name=`` of the lock; its kind for unnamed locks,
 so that the number of series stays bounded; a keyed table's entries report under the table's
-name), ``lock.kind`` (``Lock``, ``RWLock``, ``PostgresLock``, ``PostgresRWLock``) and
+name), ``lock.kind`` (``Lock``, ``RWLock``, ``threadsafe.Lock``, ``threadsafe.RWLock``,
+``PostgresLock``, ``PostgresRWLock``) and
 ``lock.mode`` (``exclusive``, ``read``, ``write``, ``upgradable``).
 
 Nothing is measured, and nothing is paid, until :meth:`AiolocksInstrumentor.instrument`: as in
@@ -693,9 +698,17 @@ class AiolocksInstrumentor:
     one made elsewhere switch the same thing.  Covers :class:`~aiolocks.Lock`, the
     :class:`~aiolocks.RWLock` views, a :class:`~aiolocks.Condition`'s lock (``wait()`` ends
     the hold: a sleeper holds nothing), the locks of :class:`~aiolocks.KeyedLock` and
-    :class:`~aiolocks.KeyedRWLock` (under the table's name), and the views of
-    ``aiolocks.postgres`` (where psycopg is installed).  Composes with debug mode: either can
-    be switched on and off while the other is on.
+    :class:`~aiolocks.KeyedRWLock` (under the table's name), the views of
+    ``aiolocks.postgres`` (where psycopg is installed), and :mod:`aiolocks.threadsafe`'s
+    ``Lock``, ``RWLock`` views and ``Condition`` on both sides: tasks of any event loop and
+    plain threads (``with``, ``acquire_blocking(timeout)``, whose timing out counts as
+    ``cancelled``; ``wait_blocking()`` ends the hold as ``wait()`` does; ``writer.downgrade()``
+    ends the write hold and begins a read hold).  Composes with debug mode: either can be
+    switched on and off while the other is on.
+
+    Thread-safe: the thread-safe locks' measuring methods may run in many threads at once
+    (free-threaded CPython included); what they share is changed under a short internal lock,
+    never held across a call into OpenTelemetry.
 
     Holds taken before :meth:`instrument` are not measured when they are released.
     Acquisitions through a :class:`~aiolocks.LockCollection` made before :meth:`instrument`
