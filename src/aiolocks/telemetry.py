@@ -501,6 +501,15 @@ def _ts_acquiring_nowait(orig: Callable[..., Any], mode: str) -> Callable[..., A
     return acquire_nowait
 
 
+def _ts_end_hold(m: _Meters, owner: Any, view: Any, mode: str) -> None:
+    now = _clock()
+    with m.guard:
+        began = m.take_hold(owner, view)
+    if began is not None:
+        series = m.of(view, mode)
+        series.hold.record(now - began, series.base)
+
+
 def _ts_releasing(orig: Callable[..., Any], mode: str) -> Callable[..., Any]:
     def release(self: Any) -> None:
         m = _meters
@@ -509,14 +518,37 @@ def _ts_releasing(orig: Callable[..., Any], mode: str) -> Callable[..., Any]:
             return
         owner = _ts_caller()[0]
         orig(self)
-        now = _clock()
-        with m.guard:
-            began = m.take_hold(owner, self)
-        if began is not None:
-            series = m.of(self, mode)
-            series.hold.record(now - began, series.base)
+        _ts_end_hold(m, owner, self, mode)
 
     return release
+
+
+def _ts_exiting(orig: Callable[..., Any], mode: str) -> Callable[..., Any]:
+    # Measured here rather than through release(): one call less, and the owner as cheaply as
+    # the original finds it.  (The originals release without calling release().)
+    def __aexit__(self: Any, *exc_info: Any) -> Any:
+        m = _meters
+        if m is None:
+            return orig(self, *exc_info)
+        owner = _ts_caller()[0]
+        done = orig(self, *exc_info)
+        _ts_end_hold(m, owner, self, mode)
+        return done
+
+    return __aexit__
+
+
+def _ts_exiting_blocking(orig: Callable[..., Any], mode: str) -> Callable[..., Any]:
+    def __exit__(self: Any, *exc_info: Any) -> None:
+        m = _meters
+        if m is None:
+            orig(self, *exc_info)
+            return
+        owner = _ts_thread_caller()
+        orig(self, *exc_info)
+        _ts_end_hold(m, owner, self, mode)
+
+    return __exit__
 
 
 def _ts_downgrading(orig: Callable[..., Any], mode: str) -> Callable[..., Any]:
@@ -557,15 +589,6 @@ def _through_acquire_blocking(orig: Callable[..., Any], mode: str) -> Callable[.
         self.acquire_blocking()
 
     return __enter__
-
-
-def _release_on_exit_blocking(orig: Callable[..., Any], mode: str) -> Callable[..., Any]:
-    """``__exit__`` through ``release()`` (the originals go around it)."""
-
-    def __exit__(self: Any, *exc_info: Any) -> None:
-        self.release()
-
-    return __exit__
 
 
 def _ts_cond_sleeps(m: _Meters, cond: Any, owner: Any) -> tuple[Any, int]:
@@ -638,8 +661,8 @@ def _ts_plan() -> _patch.Plan:
             (cls, "__enter__", _through_acquire_blocking, mode),
             (cls, "acquire_nowait", _ts_acquiring_nowait, mode),
             (cls, "release", _ts_releasing, mode),
-            (cls, "__aexit__", _patch.release_on_exit, mode),
-            (cls, "__exit__", _release_on_exit_blocking, mode),
+            (cls, "__aexit__", _ts_exiting, mode),
+            (cls, "__exit__", _ts_exiting_blocking, mode),
         ]
     plan += [
         (_ts.WriteLock, "downgrade", _ts_downgrading, "write"),
