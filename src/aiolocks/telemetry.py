@@ -134,7 +134,7 @@ class _Meters:
         )  # fmt: skip
         meter.create_observable_up_down_counter(
             "aiolocks.lock.waiting", callbacks=[self._waiting], unit="{task}",
-            description="Tasks waiting to acquire a lock now",
+            description="Tasks and threads waiting to acquire a lock now",
         )  # fmt: skip
         # Every series ever seen: few (unnamed locks share their kind's), and kept, since the
         # counts are cumulative.
