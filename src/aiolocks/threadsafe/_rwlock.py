@@ -309,6 +309,17 @@ class RWLock(Primitive):
         granted: list[Waiter] = []
         if not self._q:
             return granted
+        if self._upgradable is not None and self._writer is None:
+            # The holder's upgrade(), if queued, goes first and alone, once no reader holds:
+            # the writers and upgradable requests queued ahead of it wait for its hold, and the
+            # readers queued ahead of it wait as new ones would (as in the in-process lock).
+            for w in self._q:
+                if w.mode == UPGRADE:
+                    if not self._readers:
+                        del self._q[w]
+                        self._grant(w)
+                        granted.append(w)
+                    return granted
         if all_readers:
             for w in [w for w in self._q if w.mode == READ]:
                 del self._q[w]
@@ -336,7 +347,7 @@ class RWLock(Primitive):
                 if hold_writers or self._upgradable is not None:
                     hold_writers = True
                     continue
-            elif self._readers:  # UPGRADE waits for the other readers to leave
+            else:  # UPGRADE, served above while its upgradable hold lasts
                 hold_readers = hold_writers = True
                 continue
             del self._q[w]
