@@ -15,6 +15,7 @@ import anyio.lowlevel
 import pytest
 import trio
 
+import aiolocks
 from _actors import actors, assert_idle, settle
 from _threads import DEADLINE, TrioThread, loop_threads, start_thread, wait_until
 from aiolocks import DeadlockError
@@ -172,6 +173,43 @@ def test_thread_exiting_with_read_breaks_writers_not_readers() -> None:
     thread.join(DEADLINE)
     with pytest.raises(anyio.BrokenResourceError):
         rw.writer.acquire_blocking(timeout=DEADLINE)
+    with rw.reader:
+        pass
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", ["threadsafe", "in-process"])
+async def test_dead_upgradable_holder_breaks_writers_and_upgradables_not_readers(
+    anyio_backend: Any, kind: str
+) -> None:
+    """API.md's break rule, the same for both families: requests that conflict with the dead
+    upgradable hold (write, upgradable) fail from then on; reads still go."""
+    rw: Any = RWLock() if kind == "threadsafe" else aiolocks.RWLock()
+    async with actors("dying", "late") as (dying, late):
+        await dying.run(rw.upgradable.acquire)
+        await dying.exit()
+        for view in (rw.upgradable, rw.writer, rw.upgradable):  # once detected, and after
+            op = late.start(view.acquire)
+            with anyio.fail_after(DEADLINE):
+                await op.done.wait()
+            assert isinstance(op.exc, anyio.BrokenResourceError)
+            with pytest.raises(anyio.WouldBlock):
+                await late.run(view.acquire_nowait)
+        await late.run(rw.reader.acquire)
+        await late.run(rw.reader.release)
+        check_invariants(rw)
+
+
+def test_thread_exiting_with_upgradable_breaks_writers_and_upgradables_not_readers() -> None:
+    rw = RWLock()
+    thread, fut = start_thread(rw.upgradable.acquire_blocking)
+    assert fut.result(DEADLINE)
+    thread.join(DEADLINE)
+    for view in (rw.upgradable, rw.writer, rw.upgradable):
+        with pytest.raises(anyio.BrokenResourceError):
+            view.acquire_blocking(timeout=DEADLINE)
+        with pytest.raises(anyio.WouldBlock):
+            view.acquire_nowait()
     with rw.reader:
         pass
 
