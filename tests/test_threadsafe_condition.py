@@ -78,6 +78,72 @@ def test_reentrant_writer_wait_restores_every_level() -> None:
     check_invariants(rw)
 
 
+def _rw_state(rw: RWLock) -> tuple[Any, ...]:
+    with rw._cs:
+        return (rw._writer, rw._wlevels, dict(rw._readers), rw._upgradable, rw.version)
+
+
+def test_thread_writer_holding_more_than_wait_can_give_up_is_refused() -> None:
+    """Read levels on top of the write hold used to make wait_blocking() wait for ever (for its
+    own reader); a write hold from upgrade() kept the upgradable hold, which kept every notifier
+    out.  Both are refused, as by aiolocks.Condition, and nothing changes."""
+    rw = RWLock()
+    cond = Condition(rw.writer)
+
+    def scenario() -> None:
+        with rw.writer, rw.reader:
+            before = _rw_state(rw)
+            with pytest.raises(RuntimeError, match=r"^wait_blocking\(\) on .*read levels"):
+                cond.wait_blocking(timeout=0.01)
+            assert _rw_state(rw) == before
+        with rw.upgradable:
+            assert rw.upgradable.upgrade_blocking()
+            before = _rw_state(rw)
+            with pytest.raises(RuntimeError, match=r"came from upgrade\(\)"):
+                cond.wait_blocking(timeout=0.01)
+            assert _rw_state(rw) == before
+
+    start_thread(scenario)[1].result(DEADLINE)  # a hang fails here
+    assert _sleepers(cond) == 0
+    assert _snap_idle(rw)
+
+
+@pytest.mark.parametrize("where", ["asyncio", "trio"])
+def test_task_writer_holding_more_than_wait_can_give_up_is_refused(where: str) -> None:
+    rw = RWLock()
+    cond = Condition(rw.writer)
+
+    async def scenario() -> None:
+        async with rw.writer, rw.reader:
+            before = _rw_state(rw)
+            with pytest.raises(RuntimeError, match=r"^wait\(\) on .*read levels"):
+                await cond.wait()
+            assert _rw_state(rw) == before
+        async with rw.upgradable:
+            await rw.upgradable.upgrade()
+            before = _rw_state(rw)
+            with pytest.raises(RuntimeError, match=r"came from upgrade\(\)"):
+                await cond.wait()
+            assert _rw_state(rw) == before
+
+    # In a loop of its own: before the fix the wait hung shielded, and a hang fails here.
+    if where == "trio":
+        trio_thread = TrioThread()
+        trio_thread.run(scenario)
+        trio_thread.close()
+    else:
+        with loop_threads(1) as (loop,):
+            loop.run(scenario())
+    assert _sleepers(cond) == 0
+    assert _snap_idle(rw)
+
+
+def _snap_idle(rw: RWLock) -> bool:
+    check_invariants(rw)
+    s = rw.statistics()
+    return (s.readers, s.writer, s.readers_waiting, s.writers_waiting) == (0, None, 0, 0)
+
+
 @pytest.mark.anyio
 async def test_cancelled_waiter_returns_holding_and_passes_the_notification_on(
     anyio_backend: Any, cond: Condition

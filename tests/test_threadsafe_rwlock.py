@@ -15,6 +15,8 @@ import anyio.lowlevel
 import pytest
 import trio
 
+import aiolocks
+from _actors import actors, assert_idle, settle
 from _threads import DEADLINE, TrioThread, loop_threads, start_thread, wait_until
 from aiolocks import DeadlockError
 from aiolocks._introspect import check_invariants
@@ -176,6 +178,43 @@ def test_thread_exiting_with_read_breaks_writers_not_readers() -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("kind", ["threadsafe", "in-process"])
+async def test_dead_upgradable_holder_breaks_writers_and_upgradables_not_readers(
+    anyio_backend: Any, kind: str
+) -> None:
+    """API.md's break rule, the same for both families: requests that conflict with the dead
+    upgradable hold (write, upgradable) fail from then on; reads still go."""
+    rw: Any = RWLock() if kind == "threadsafe" else aiolocks.RWLock()
+    async with actors("dying", "late") as (dying, late):
+        await dying.run(rw.upgradable.acquire)
+        await dying.exit()
+        for view in (rw.upgradable, rw.writer, rw.upgradable):  # once detected, and after
+            op = late.start(view.acquire)
+            with anyio.fail_after(DEADLINE):
+                await op.done.wait()
+            assert isinstance(op.exc, anyio.BrokenResourceError)
+            with pytest.raises(anyio.WouldBlock):
+                await late.run(view.acquire_nowait)
+        await late.run(rw.reader.acquire)
+        await late.run(rw.reader.release)
+        check_invariants(rw)
+
+
+def test_thread_exiting_with_upgradable_breaks_writers_and_upgradables_not_readers() -> None:
+    rw = RWLock()
+    thread, fut = start_thread(rw.upgradable.acquire_blocking)
+    assert fut.result(DEADLINE)
+    thread.join(DEADLINE)
+    for view in (rw.upgradable, rw.writer, rw.upgradable):
+        with pytest.raises(anyio.BrokenResourceError):
+            view.acquire_blocking(timeout=DEADLINE)
+        with pytest.raises(anyio.WouldBlock):
+            view.acquire_nowait()
+    with rw.reader:
+        pass
+
+
+@pytest.mark.anyio
 async def test_blocking_acquire_in_a_running_loop_is_refused(anyio_backend: Any) -> None:
     rw = RWLock()
     for view in (rw.reader, rw.writer, rw.upgradable):
@@ -253,3 +292,83 @@ def test_trio_writer_hands_off_to_thread_readers() -> None:
         r.result(DEADLINE)
     trio_thread.close()
     assert _snap(rw) == (0, None, 0, 0)
+
+
+# --- found by the model test (tests/test_threadsafe_model.py) ---------------------------------
+
+
+@pytest.mark.anyio
+async def test_upgrade_queued_behind_a_writer_that_waits_for_it_completes(
+    anyio_backend: Any,
+) -> None:
+    """The writer waits for the upgradable holder, which waits in upgrade() for the last
+    reader: once that reader leaves, the upgrade must go first (it used to wait behind the
+    writer in queue order, and both waited for ever)."""
+    rw = RWLock()
+    async with actors("reader", "upgrader", "writer") as (reader, upgrader, writer):
+        await reader.run(rw.reader.acquire)
+        await upgrader.run(rw.upgradable.acquire)
+        writing = writer.start(rw.writer.acquire)
+        await settle()
+        upgrading = upgrader.start(rw.upgradable.upgrade)
+        await settle()
+        assert not upgrading.finished
+        await reader.run(rw.reader.release)
+        assert upgrading.ok, "the pending upgrade was not granted when the last reader left"
+        assert not writing.finished
+        check_invariants(rw)
+        await upgrader.run(rw.upgradable.release)
+        assert writing.ok
+        await writer.run(rw.writer.release)
+        assert_idle(rw)
+
+
+@pytest.mark.anyio
+async def test_pending_upgrade_holds_back_a_reader_queued_before_it(anyio_backend: Any) -> None:
+    """A reader queued behind a writer, before the upgrade: when the writer leaves, the pending
+    upgrade still holds it back (it used to be admitted, and the upgrade waited for it too)."""
+    rw = RWLock()
+    async with actors("r1", "upgrader", "writer", "r2") as (r1, upgrader, writer, r2):
+        await r1.run(rw.reader.acquire)
+        await upgrader.run(rw.upgradable.acquire)
+        writing = writer.start(rw.writer.acquire)
+        await settle()
+        reading = r2.start(rw.reader.acquire)
+        await settle()
+        upgrading = upgrader.start(rw.upgradable.upgrade)
+        await settle()
+        writing.cancel()
+        await settle()
+        assert writing.cancelled
+        assert not reading.finished, "a reader went ahead of a pending upgrade"
+        check_invariants(rw)
+        await r1.run(rw.reader.release)
+        assert upgrading.ok
+        assert not reading.finished
+        await upgrader.run(rw.upgradable.release)
+        assert reading.ok
+        await r2.run(rw.reader.release)
+        assert_idle(rw)
+
+
+def test_thread_upgrade_queued_behind_a_waiting_writer_completes() -> None:
+    rw = RWLock()
+    rw.reader.acquire_blocking()
+    writer_queued = threading.Event()
+
+    def upgrade() -> bool:
+        with rw.upgradable:
+            assert writer_queued.wait(DEADLINE)
+            return rw.upgradable.upgrade_blocking(DEADLINE)
+
+    _, upgrader = start_thread(upgrade)
+    wait_until(rw.upgradable.locked, "the upgradable lock taken")
+    _, writer = start_thread(lambda: (rw.writer.acquire_blocking(DEADLINE), rw.writer.release()))
+    wait_until(lambda: _snap(rw)[3] == 1, "the writer queued")
+    writer_queued.set()
+    wait_until(lambda: _snap(rw)[3] == 2, "the upgrade queued behind the writer")
+    rw.reader.release()
+    assert upgrader.result(DEADLINE) is True
+    assert writer.result(DEADLINE)[0] is True
+    assert _snap(rw) == (0, None, 0, 0)
+    check_invariants(rw)

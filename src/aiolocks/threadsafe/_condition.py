@@ -46,8 +46,11 @@ class Condition:
     ``wait()`` always returns or raises holding the lock again, also when cancelled (it then
     waits for the lock, shielded, before the cancellation propagates); a notification that
     reached a waiter cancelled before it could act is passed on to the next waiter.  A
-    re-entrant writer's ``wait()`` releases every level and restores them.  If the lock breaks
-    (its holder exited holding it), waiters get :class:`anyio.BrokenResourceError` without it.
+    re-entrant writer's ``wait()`` releases every level and restores them; a writer that also
+    holds read levels, or whose write hold came from ``upgrade()``, is refused with
+    ``RuntimeError`` (the wait could not give those up), as by :class:`aiolocks.Condition`.
+    If the lock breaks (its holder exited holding it), waiters get
+    :class:`anyio.BrokenResourceError` without it.
 
     Args:
         lock: an :class:`aiolocks.threadsafe.Lock` or ``rw.writer`` of an
@@ -146,12 +149,15 @@ class Condition:
         """Release every level of the caller's hold and queue it for a notification."""
         prim = self._prim
         with prim._cs:
-            taken = prim._cv_take(owner)
+            refused = prim._cv_refuse(owner)
+            taken = None if refused else prim._cv_take(owner)
             if taken is not None:
                 levels, mode = taken
                 waiter = Waiter(prim, owner, mode, kind, where)
                 self._q[waiter] = None
                 granted = prim._admit()
+        if refused:
+            raise RuntimeError(f"{call} on a condition over {self.lock!r}: {refused}")
         if taken is None:
             raise not_holding(call, self, owner)
         prim._wake(granted)
@@ -206,7 +212,9 @@ class Condition:
         waiter.
 
         Raises:
-            RuntimeError: the calling task does not hold the lock.
+            RuntimeError: the calling task does not hold the lock, or (over ``rw.writer``)
+                also holds read levels or the upgradable lock, which the wait could not give
+                up; nothing changes.
             anyio.BrokenResourceError: the lock broke while waiting (not held on return).
         """
         task, home = async_caller()
@@ -248,7 +256,8 @@ class Condition:
         Returns holding the lock in both cases.
 
         Raises:
-            RuntimeError: the calling thread does not hold the lock, or runs an event loop.
+            RuntimeError: the calling thread does not hold the lock, or runs an event loop,
+                or holds more than :meth:`wait` can give up (see there).
             anyio.BrokenResourceError: the lock broke while waiting (not held on return).
         """
         refuse_in_loop(self)

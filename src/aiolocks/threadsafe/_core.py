@@ -330,6 +330,11 @@ class Primitive:
         """``(owner, home)`` of the holders ``waiter`` waits for (watched for their exit)."""
         raise NotImplementedError
 
+    def _cv_refuse(self, owner: Any) -> str | None:
+        """Why a Condition's ``wait()`` by ``owner`` must be refused: a hold it could not let
+        go of and take back (None: it may wait)."""
+        return None
+
     # parking ------------------------------------------------------------------------------------
 
     def _enqueue(self, owner: Any, mode: Any, kind: int, home: Any) -> tuple[Waiter, list[Any]]:

@@ -309,6 +309,17 @@ class RWLock(Primitive):
         granted: list[Waiter] = []
         if not self._q:
             return granted
+        if self._upgradable is not None and self._writer is None:
+            # The holder's upgrade(), if queued, goes first and alone, once no reader holds:
+            # the writers and upgradable requests queued ahead of it wait for its hold, and the
+            # readers queued ahead of it wait as new ones would (as in the in-process lock).
+            for w in self._q:
+                if w.mode == UPGRADE:
+                    if not self._readers:
+                        del self._q[w]
+                        self._grant(w)
+                        granted.append(w)
+                    return granted
         if all_readers:
             for w in [w for w in self._q if w.mode == READ]:
                 del self._q[w]
@@ -336,7 +347,7 @@ class RWLock(Primitive):
                 if hold_writers or self._upgradable is not None:
                     hold_writers = True
                     continue
-            elif self._readers:  # UPGRADE waits for the other readers to leave
+            else:  # UPGRADE: served above (its upgradable hold lasts while it waits)
                 hold_readers = hold_writers = True
                 continue
             del self._q[w]
@@ -397,15 +408,32 @@ class RWLock(Primitive):
     def _cv_holds(self, owner: Any) -> bool:
         return self._writer is owner
 
+    def _cv_refuse(self, owner: Any) -> str | None:
+        # wait() lets go of the write levels only; a hold it would keep could never be
+        # restored (read levels keep the write request back for ever) or would keep every
+        # notifier out (the upgradable hold excludes writers).  As the in-process lock does.
+        if self._writer is not owner:
+            return None
+        if self._upgradable is owner:
+            return (
+                "the write hold came from upgrade(); wait on a condition over rw.writer with "
+                "a plain write hold"
+            )
+        if owner in self._readers:
+            return (
+                f"{owner_name(owner)} holds read levels on top of its write hold; release them "
+                "before waiting"
+            )
+        return None
+
     def _cv_take(self, owner: Any) -> tuple[int, str] | None:
         if self._writer is not owner:
             return None
         levels = self._wlevels
-        mode = UPGRADE if self._upgradable is owner else WRITE
         self._writer = self._whome = None
         self._wlevels = 0
         self._version += 1
-        return levels, mode
+        return levels, WRITE
 
     def _cv_restore(self, owner: Any, levels: int) -> None:
         self._wlevels = levels
