@@ -94,9 +94,9 @@ class RWLock(Primitive):
         self._upgradable: Any = None
         self._uhome: Any = None
         self._version = 0
-        self.reader = ReadLock(self)
-        self.writer = WriteLock(self)
-        self.upgradable = UpgradableLock(self)
+        self.reader: ReadLock = ReadLock(self)
+        self.writer: WriteLock = WriteLock(self)
+        self.upgradable: UpgradableLock = UpgradableLock(self)
 
     def __repr__(self) -> str:
         # No critical section (see Lock.__repr__): a description from fields read one by one.
