@@ -6,7 +6,9 @@ connection to ``127.0.0.1:port``, from a thread of its own (it serves any event 
 accepts, so bytes stay in the kernel's buffers and new connections sit in the listen backlog,
 and both ends see a silent network, as when a cable is pulled or a firewall drops packets.
 ``restore()`` resumes: what was queued meanwhile is delivered, as TCP retransmission would.
-``close()`` closes every socket (both ends then see the connection end).
+``close()`` closes every socket (both ends then see the connection end).  ``drop_next(n)``
+accepts the next ``n`` connections and closes them at once, unanswered, as a server does while
+it shuts down or starts up: the client sees "server closed the connection unexpectedly".
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._cut = False
         self._closing = False
+        self._drop = 0  # connections still to close unanswered (drop_next)
         self._pipes: list[_Pipe] = []
         self._thread = threading.Thread(target=self._run, name="netproxy", daemon=True)
         self._thread.start()
@@ -70,6 +73,11 @@ class TcpProxy:
     def restore(self) -> None:
         """Forward again, delivering what queued up during the cut."""
         self._set(cut=False)
+
+    def drop_next(self, n: int) -> None:
+        """Close the next ``n`` connections as soon as they are accepted, unanswered."""
+        with self._lock:
+            self._drop = n
 
     def close(self) -> None:
         """Stop the proxy and close every socket."""
@@ -139,6 +147,11 @@ class TcpProxy:
         try:
             client, _ = self._listener.accept()
         except BlockingIOError:
+            return
+        with self._lock:
+            drop, self._drop = self._drop > 0, max(self._drop - 1, 0)
+        if drop:
+            client.close()
             return
         try:
             upstream = socket.create_connection(self.target, timeout=5)

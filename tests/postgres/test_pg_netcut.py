@@ -308,3 +308,18 @@ async def test_a_task_waiting_for_a_releasing_session_that_is_lost_connects_inst
                 await gave_up.wait()  # the release gave up, the session was closed
                 proxy.restore()
                 await b_done.wait()
+
+
+async def test_connections_closed_unanswered_are_retried_as_a_restarting_server(
+    pg_dsn: str, proxy: TcpProxy, anyio_backend: Any
+) -> None:
+    """While the server shuts down or starts up, the postmaster may close a new connection
+    before answering ("server closed the connection unexpectedly"): an acquire retries that,
+    as it retries "connection refused", instead of failing at once."""
+    namespace = _namespace()
+    async with PostgresLocks(_through(pg_dsn, proxy), namespace=namespace) as far:
+        proxy.drop_next(3)
+        with anyio.fail_after(10):
+            async with far.lock("restarting"):
+                assert far.lock("restarting").locked()
+        assert proxy.connections == 1  # the fourth attempt, pooled now

@@ -40,6 +40,8 @@ _TRANSIENT_CONNECT = (
     "the database system is shutting down",
     "the database system is in recovery mode",
     "connection refused",
+    # a restart: the postmaster took the connection, then closed it before answering
+    "server closed the connection unexpectedly",
 )
 #: Without a session of its own to wait for, a checkout retries transient failures this long.
 _CONNECT_RETRY = 30.0
