@@ -364,15 +364,17 @@ async def test_cancelled_while_waiting_for_second_member_holds_nothing(
     strategy: str, kind: str
 ) -> None:
     key = TaskKey.get()
-    tried = []  # kept alive, so that every new lock has a new identity
-    for i in range(1000):  # the blocked member must be the second one taken
-        if i % 2:
-            other, blocker = make_member(kind)
-            first = Lock(name="first")
-        else:
-            first = Lock(name="first")
-            other, blocker = make_member(kind)
-        tried.append((first, other))
+    # The blocked member must be the second one taken.  The global order goes by identity, and
+    # the allocator may keep handing out one type's free slots below the other's, so keep every
+    # lock made alive (new ones then come from fresh memory) and pair the lowest Lock so far
+    # with each new member until the order puts that member after it.
+    made: list[Any] = []
+    first = Lock(name="first")
+    for _ in range(20_000):
+        lock = Lock(name="first")
+        first = min(first, lock, key=id)
+        other, blocker = make_member(kind)
+        made.append((lock, other))
         coll = LockCollection(first, other, strategy=strategy)
         if strategy == "retry":  # retry goes by the given order
             break
