@@ -204,14 +204,17 @@ class Condition(AsyncOnly):
             RuntimeError: the calling task does not hold the lock.
             TypeError, ValueError: ``n`` is not an int >= 0.
         """
-        if not isinstance(n, int) or isinstance(n, bool):
+        if n.__class__ is not int and (not isinstance(n, int) or isinstance(n, bool)):
             raise TypeError(f"notify(n): n must be an int, not {type(n).__name__}")
         if n < 0:
             raise ValueError(f"notify(n): n must be >= 0, not {n}")
-        task = self._me()
+        task = task_of(self._loop)
+        if task is None or self._tid != thread_mark():
+            task = resolve_task(self)
         if not self._port._cv_holds(task):
             raise RuntimeError(f"notify() on {self!r} by {who(task)}, which does not hold its lock")
-        self._notify(n)
+        if self._q:
+            self._notify(n)
 
     def notify_all(self) -> None:
         """Wake every task waiting in :meth:`wait`.

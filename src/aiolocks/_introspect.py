@@ -66,10 +66,11 @@ class _LockInfo:
         q = lock._q
         if q is not None:
             assert lock._owner is not None, "waiters queued behind no owner"
-            assert len(q) > 0 or q.broken, "an empty queue is kept without being broken"
             assert all(w.state == WAITING and w.home is lock for w in q), "a stale waiter queued"
             if len(q) and not q.broken:
                 assert q.watch_token is not None, "owner not watched while tasks wait"
+            if not q:
+                assert q.watch_token is None, "an owner watched while nobody waits"
 
 
 class _RWLockInfo:

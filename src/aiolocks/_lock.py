@@ -61,7 +61,8 @@ class Lock(OneLevelPort, AsyncOnly):
 
     # Invariants:
     #   _q is not None    implies  _owner is not None   (waiters only queue behind an owner)
-    #   _q is not None    implies  len(_q) > 0 or _q.broken
+    #   _q is not None    implies  len(_q) > 0, or _q.broken, or the owner is the last waiter
+    #                                  it granted (an empty queue is dropped at their release)
     #   _q.watch_token    is set while _q has waiters (so an exiting owner breaks the lock)
     # (checked by aiolocks._introspect.check_invariants after every step of the tests)
     __slots__ = ("__weakref__", "_fast", "_loop", "_owner", "_q", "_tid")
@@ -76,8 +77,11 @@ class Lock(OneLevelPort, AsyncOnly):
 
     def __repr__(self) -> str:
         state = "unlocked" if self._owner is None else f"locked by {who(self._owner)}"
-        if self._q is not None:  # (there is an owner)
-            state += f", {len(self._q)} waiting" + (", broken" if self._q.broken else "")
+        q = self._q  # (not None: there is an owner)
+        if q:
+            state += f", {len(q)} waiting"
+        if q is not None and q.broken:
+            state += ", broken"
         return f"<aiolocks.Lock{repr_name(self)} {state} at {id(self):#x}>"
 
     # -- acquiring (debug mode swaps in wrappers of the public methods: see _queue.py) ----
@@ -128,7 +132,7 @@ class Lock(OneLevelPort, AsyncOnly):
         if q.broken:
             raise BrokenResourceError(self._broken_message())
         waiter = new_waiter(self._loop, self, task, 0, 0)
-        q.append(waiter)
+        q[waiter] = None
         try:
             await waiter
         except BaseException:
@@ -141,7 +145,11 @@ class Lock(OneLevelPort, AsyncOnly):
         if q is None:
             q = self._q = OwnerQueue.new()
         if q.watch_token is None and not q.broken:
-            q.watch_token = watch(self._loop, self._owner, self._owner_exited)
+            if self._loop is not TRIO:  # (the asyncio case of watch() written out)
+                self._owner.add_done_callback(cb := self._owner_exited)
+                q.watch_token = cb
+            else:
+                q.watch_token = watch(self._loop, self._owner, self._owner_exited)
         return q
 
     def _undo_acquire(self, task: Any) -> None:
@@ -158,8 +166,11 @@ class Lock(OneLevelPort, AsyncOnly):
     ) -> Awaitable[None]:
         owner = self._owner
         # No thread check (release() has one): ``async with`` leaves in the thread it entered.
-        if owner is not None and self._q is None and owner is task_of(self._loop):
-            self._owner = None
+        if owner is not None and owner is task_of(self._loop):
+            if self._q is None:
+                self._owner = None
+            else:
+                self._release()
             return READY
         self.release()
         return READY
@@ -185,17 +196,26 @@ class Lock(OneLevelPort, AsyncOnly):
         if q is None:
             self._owner = None
             return
-        unwatch(self._owner, q.watch_token)
+        token = q.watch_token
+        if token is not None:
+            q.watch_token = None
+            if self._loop is not TRIO:  # (the asyncio case of unwatch() written out)
+                self._owner.remove_done_callback(token)
+            else:
+                unwatch(self._owner, token)
         waiter = q.popleft()
-        if waiter is None:
-            self._owner = q.watch_token = None
-        else:  # the new owner is watched while tasks wait behind it
-            self._owner = waiter.task
-            q.watch_token = watch(self._loop, waiter.task, self._owner_exited) if q else None
-            waiter.grant()
-        if not q and not q.broken:
-            self._q = None
-            q.recycle()
+        if waiter is None:  # nobody waits (or the lock is broken: the queue stays, failing)
+            self._owner = None
+            if not q.broken:
+                self._q = None
+                q.recycle()
+            return
+        self._owner = waiter.task
+        if q:  # the new owner is watched while tasks wait behind it
+            self._behind_owner()
+        # else the emptied queue stays until the new owner releases (a ping-pong between two
+        # tasks, a condition's, would otherwise drop and take a queue at every turn)
+        waiter.grant()
 
     # -- the queue's callbacks ---------------------------------------------------------------
 
