@@ -147,7 +147,9 @@ class Condition(AsyncOnly):
             anyio.BrokenResourceError: the lock broke (a task exited holding it) while this
                 task waited; it then does not hold the lock.
         """
-        task = self._me()
+        task = task_of(self._loop)
+        if task is None or self._tid != thread_mark():
+            task = resolve_task(self)
         port = self._port
         if not port._cv_holds(task, waiting=True):
             raise RuntimeError(f"wait() on {self!r} by {who(task)}, which does not hold its lock")
@@ -156,7 +158,7 @@ class Condition(AsyncOnly):
             self._registered = True
         levels = port._cv_release(task)  # refuses (raises) before anything changes
         waiter = new_waiter(self._loop, self, task, 0, 0)
-        self._q.append(waiter)
+        self._q[waiter] = None
         try:
             await waiter
         except BaseException as exc:
@@ -176,7 +178,7 @@ class Condition(AsyncOnly):
                 # Cancelled while taking the lock back: the notification was never acted on.
                 self._notify(1)
                 raise
-        else:  # reparked: woke up holding one level
+        elif levels > 1:  # reparked: woke up holding one level
             port._cv_restore(task, levels)
 
     async def wait_for(self, predicate: Callable[[], T]) -> T:

@@ -34,7 +34,8 @@ class Port(Protocol):
         a hold that wait() could not restore)."""
 
     def _cv_restore(self, task: Any, levels: int) -> None:
-        """``task`` holds one level again: give it back ``levels`` in all."""
+        """``task`` holds one level again: give it back ``levels`` in all.  (A reparked
+        waiter's ``wait()`` calls it only when ``levels > 1``: one level is what it holds.)"""
 
     def _cv_repark(self, waiter: Waiter) -> bool:
         """Move a notified sleeper into the lock's own queue (it wakes up holding the lock);

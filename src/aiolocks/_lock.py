@@ -244,7 +244,7 @@ class Lock(OneLevelPort, AsyncOnly):
             self._owner = waiter.task
             waiter.grant()
             return True
-        self._behind_owner().append(waiter)
+        self._behind_owner()[waiter] = None
         return True
 
     # -- an owner that exits holding the lock -----------------------------------------------
