@@ -232,9 +232,12 @@ class WriteLock(_View):
         writer = rw._writer
         # No thread check here (release() has one): ``async with`` leaves in the task, and so
         # in the thread, that entered it.
-        if writer is not None and rw._slow is None and writer is task_of(rw._loop):
-            rw._writer = None
-            rw._version += 1
+        if writer is not None and writer is task_of(rw._loop):
+            if rw._slow is None:
+                rw._writer = None
+                rw._version += 1
+            else:
+                rw._release_write(writer)
             return READY
         self.release()
         return READY
