@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, final
 
 from anyio import BrokenResourceError
 
-from ._backend import resolve_task, task_info, task_of, thread_mark
+from ._backend import TRIO, resolve_task, task_info, task_of, thread_mark
 from ._common import (
     check_flag,
     held_checkpoint,
@@ -472,8 +472,12 @@ class RWLock(Versioned):
                 readers = self._readers = {}
             readers[task] = s.writer_reads
             s.writer_reads = 0
-        if task in s.watched and not (self._readers and task in self._readers):
-            unwatch_holder(s.watched, self._loop, task)
+        watched = s.watched
+        if task in watched and not (self._readers and task in self._readers):
+            if self._loop is not TRIO:  # (the asyncio case of unwatch_holder() written out)
+                task.remove_done_callback(watched.pop(task))
+            else:
+                unwatch_holder(watched, TRIO, task)
         self._dispatch(s, True)
         if not (s.read_queue or s.write_queue):
             self._maybe_idle(s)
@@ -576,7 +580,11 @@ class RWLock(Versioned):
                 w.grant()
                 # the writer is the only holder now: watch it if anyone waits behind it
                 if (wq or rq) and task not in s.watched and not s.broken:
-                    watch_holder(s.watched, self._loop, task, self._holder_exited)
+                    if self._loop is not TRIO:  # (the asyncio case of watch_holder() written out)
+                        task.add_done_callback(cb := self._holder_exited)
+                        s.watched[task] = cb
+                    else:
+                        watch_holder(s.watched, TRIO, task, self._holder_exited)
                 return
             s.upgrader = w.task
             w.grant()
