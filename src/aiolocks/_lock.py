@@ -203,7 +203,7 @@ class Lock(OneLevelPort, AsyncOnly):
                 self._owner.remove_done_callback(token)
             else:
                 unwatch(self._owner, token)
-        waiter = q.popleft()
+        waiter = q.popleft() if q else None
         if waiter is None:  # nobody waits (or the lock is broken: the queue stays, failing)
             self._owner = None
             if not q.broken:
@@ -235,6 +235,13 @@ class Lock(OneLevelPort, AsyncOnly):
 
     def _cv_holds(self, task: Any, waiting: bool = False) -> bool:
         return self._owner is task
+
+    def _cv_release(self, task: Any) -> int:
+        if self._q is None:  # (the common case of _release() written out: a wait per item)
+            self._owner = None
+        else:
+            self._release()
+        return 1
 
     def _cv_repark(self, waiter: Waiter) -> bool:
         """Queue a waiter that already sleeps (a notified Condition waiter, never a lost one):
