@@ -41,7 +41,7 @@ import anyio
 from anyio import BrokenResourceError
 
 from .._backend import LIVE, TRIO, task_name, task_of, watch
-from .._common import held_checkpoint, name_of
+from .._common import check_flag, held_checkpoint, name_of
 
 __all__ = [
     "FAILED",
@@ -300,9 +300,10 @@ class Primitive:
       exited holding (they are removed and failed), or None if ``owner`` holds nothing.
     """
 
-    __slots__ = ("__weakref__", "_broken", "_conds", "_cs", "_q", "_watched")
+    __slots__ = ("__weakref__", "_broken", "_conds", "_cs", "_fast", "_q", "_watched")
 
-    def __init__(self) -> None:
+    def __init__(self, fast_acquire: bool) -> None:
+        self._fast = check_flag(fast_acquire, "fast_acquire")
         self._cs = allocate_lock()
         # waiter -> None, in arrival order (O(1) append, removal and pop of the first)
         self._q: OrderedDict[Waiter, None] = OrderedDict()
@@ -439,10 +440,14 @@ class Primitive:
                 self._leave(waiter)
 
     def _checkpoint(self, owner: Any, home: Any) -> Any:
-        """The checkpoint after an uncontended async acquire; a cancel there gives it back."""
+        """The checkpoint after an uncontended async acquire; a cancel there gives it back.
+
+        With ``fast_acquire`` there is none on asyncio and a cancel point only on trio (the
+        rules of the in-process locks, see :func:`aiolocks._common.held_checkpoint`).
+        """
         if home.__class__ is not _token_type:
-            return held_checkpoint(home, self._undo_owner, owner)
-        return held_checkpoint(TRIO, self._undo_owner, owner)
+            return held_checkpoint(home, self._undo_owner, owner, self._fast)
+        return held_checkpoint(TRIO, self._undo_owner, owner, self._fast)
 
     def _undo_owner(self, owner: Any) -> None:
         raise NotImplementedError

@@ -39,12 +39,18 @@ class Lock(Primitive):
 
     Not re-entrant: the holder asking again gets :class:`~aiolocks.DeadlockError` at once.  A
     task or thread that ends holding the lock breaks it: waiters get
-    :class:`anyio.BrokenResourceError`.  ``acquire()`` is a checkpoint and cancellation-safe;
+    :class:`anyio.BrokenResourceError`.  ``acquire()`` is cancellation-safe, and a checkpoint
+    (a cancel point and a schedule point) unless the lock was made with ``fast_acquire=True``:
+    then an uncontended ``acquire()`` does not yield to the event loop (on asyncio it is not a
+    cancel point either, like ``asyncio.Lock``; on trio it still is), as with
+    :class:`aiolocks.Lock`.  A contended acquire always waits, and is therefore cancellable.
     ``acquire_blocking(timeout)`` gives up after ``timeout`` seconds.
 
     Slower than :class:`aiolocks.Lock`, which is for the tasks of one event loop.
 
     Args:
+        fast_acquire: skip the schedule point on the uncontended async path (the blocking side
+            never has one).
         name: shown in ``repr`` and in :func:`aiolocks.debug.snapshot`.
 
     Example::
@@ -67,8 +73,8 @@ class Lock(Primitive):
     #   _broken is set    implies  _owner is the dead owner, and _q is empty
     __slots__ = ("_home", "_owner")
 
-    def __init__(self, *, name: str | None = None) -> None:
-        super().__init__()
+    def __init__(self, *, fast_acquire: bool = False, name: str | None = None) -> None:
+        super().__init__(fast_acquire)
         set_name(self, name)
         self._owner: Any = None
         self._home: Any = None  # the owner's loop or TrioToken (None for a thread)
@@ -103,7 +109,8 @@ class Lock(Primitive):
     async def acquire(self) -> None:
         """Acquire the lock, waiting (FIFO, behind tasks and threads) while it is held.
 
-        A checkpoint; cancellable while it waits, and a cancelled acquire holds nothing.
+        A checkpoint unless the lock was made with ``fast_acquire=True`` (see the class
+        docstring); cancellable while it waits, and a cancelled acquire holds nothing.
 
         Raises:
             DeadlockError: the calling task already holds the lock.

@@ -48,7 +48,11 @@ class RWLock(Primitive):
     owner is the task (async side) or the thread (blocking side); an owner that ends holding
     breaks the lock for the requests that conflict with its hold.
 
+    Acquiring from a task is a checkpoint unless ``fast_acquire=True`` (see
+    :class:`aiolocks.threadsafe.Lock`).
+
     Args:
+        fast_acquire: skip the schedule point on uncontended async acquisitions.
         name: shown in ``repr`` and in :func:`aiolocks.debug.snapshot`.
 
     Example::
@@ -84,8 +88,8 @@ class RWLock(Primitive):
         "writer",
     )
 
-    def __init__(self, *, name: str | None = None) -> None:
-        super().__init__()
+    def __init__(self, *, fast_acquire: bool = False, name: str | None = None) -> None:
+        super().__init__(fast_acquire)
         set_name(self, name)
         self._readers: dict[Any, tuple[int, Any]] = {}  # owner -> (levels, home)
         self._writer: Any = None
@@ -472,7 +476,8 @@ class _View:
     async def acquire(self) -> None:
         """Acquire this mode, waiting in the lock's FIFO (behind tasks and threads) if needed.
 
-        A checkpoint; cancellable while it waits, and a cancelled acquire holds nothing.
+        A checkpoint unless the lock was made with ``fast_acquire=True``; cancellable while it
+        waits, and a cancelled acquire holds nothing.
 
         Raises:
             DeadlockError: the request could never be granted (see the class docstring).
