@@ -146,21 +146,15 @@ def _in_trio_run() -> bool:
     return trio is not None and bool(trio.lowlevel.in_trio_run())
 
 
-def caller() -> tuple[Any, Any]:
-    """``(owner, home)`` of a caller of either side: the running task and its asyncio loop or
-    TrioToken, else the calling thread (whose home is None)."""
-    loop = _get_running_loop()
-    if loop is not None:
-        task = task_of(loop)
-        if task is not None:
-            return task, loop
+def _trio_task() -> tuple[Any, Any] | None:
+    """``(task, TrioToken)`` of the running trio task, or None outside trio."""
     trio = sys.modules.get("trio")
     if trio is not None and trio.lowlevel.in_trio_run():
         global _token_type
         token = trio.lowlevel.current_trio_token()
         _token_type = token.__class__
         return trio.lowlevel.current_task(), token
-    return thread_caller(), None
+    return None
 
 
 class _NoToken:
@@ -175,15 +169,35 @@ def is_trio(home: Any) -> bool:
     return home.__class__ is _token_type
 
 
+# The two lookups below are the hot path of every acquire and release: the asyncio case is
+# written out in each (a function call costs as much as the lookup itself).
+
+
+def caller() -> tuple[Any, Any]:
+    """``(owner, home)`` of a caller of either side: the running task and its asyncio loop or
+    TrioToken, else the calling thread (whose home is None)."""
+    loop = _get_running_loop()
+    if loop is not None:
+        task = task_of(loop)
+        if task is not None:
+            return task, loop
+    return _trio_task() or (thread_caller(), None)
+
+
 def async_caller() -> tuple[Any, Any]:
     """``(task, home)`` of the running task (async side)."""
-    owner, home = caller()
-    if home is None:
+    loop = _get_running_loop()
+    if loop is not None:
+        task = task_of(loop)
+        if task is not None:
+            return task, loop
+    found = _trio_task()
+    if found is None:
         raise RuntimeError(
             "aiolocks.threadsafe: 'async with' / acquire() must run in an asyncio or trio task; "
             "from a plain thread use 'with' or acquire_blocking()"
         )
-    return owner, home
+    return found
 
 
 def refuse_in_loop(prim: object) -> None:

@@ -12,6 +12,7 @@ from .._backend import READY
 from .._common import not_holding, set_name
 from .._exceptions import DeadlockError
 from .._types import RWLockStatistics
+from . import _core
 from ._core import (
     GRANTED,
     THREAD,
@@ -138,8 +139,8 @@ class RWLock(Primitive):
             if owner is self._writer or owner is self._upgradable:
                 self._readers[owner] = (1, home)
                 return True
-            if self._writer is None and not any(
-                w.mode in _CONFLICTS_WITH_NEW_READER for w in self._q
+            if self._writer is None and (
+                not self._q or not any(w.mode in _CONFLICTS_WITH_NEW_READER for w in self._q)
             ):
                 self._readers[owner] = (1, home)
                 return True
@@ -184,12 +185,18 @@ class RWLock(Primitive):
 
     def _acquire_async(self, mode: str) -> Awaitable[None]:
         task, home = async_caller()
-        with self._cs:
+        cs = self._cs
+        cs.acquire()  # (not 'with': see Lock.__aenter__)
+        try:
             taken = self._try(task, home, mode)
-            if taken:
-                return self._checkpoint(task, (home, mode))  # type: ignore[no-any-return]
             if taken is False:
                 return self._park_async(task, home, mode)  # type: ignore[no-any-return]
+        finally:
+            cs.release()
+        if taken:
+            if self._fast and home.__class__ is not _core._token_type:
+                return READY
+            return self._checkpoint(task, (home, mode))  # type: ignore[no-any-return]
         raise self._deadlock(mode)
 
     def _acquire_blocking(self, mode: str, timeout: float | None) -> bool:
@@ -241,7 +248,9 @@ class RWLock(Primitive):
 
     def _release(self, owner: Any, mode: str) -> None:
         error = None
-        with self._cs:
+        cs = self._cs
+        cs.acquire()  # (not 'with': see Lock.__aenter__)
+        try:
             granted: list[Waiter] = []
             if mode == READ:
                 held = self._readers.get(owner)
@@ -269,6 +278,8 @@ class RWLock(Primitive):
             else:
                 self._upgradable = self._uhome = None
                 granted = self._admit()
+        finally:
+            cs.release()
         if error is not None:
             holders = [self._writer, self._upgradable, *self._readers]
             raise not_holding(error, self, owner, holders)
