@@ -85,12 +85,15 @@ class ThreadOwner:
     a callback with :meth:`watch`; a callback registered after the exit runs at once.
     """
 
-    __slots__ = ("__weakref__", "_callbacks", "_dead", "_guard", "_ref", "ident", "name")
+    __slots__ = ("__weakref__", "_callbacks", "_dead", "_guard", "_ref", "ident", "name", "park")
 
     def __init__(self, sentinel: _Sentinel) -> None:
         thread = threading.current_thread()
         self.ident = get_ident()
         self.name = thread.name
+        # The lock this thread parks on (see Primitive._park_blocking), kept locked between
+        # parks; only this thread reads or replaces it.  None: make a new one.
+        self.park: Any = None
         self._guard = allocate_lock()
         self._dead = False
         self._callbacks: list[Callable[[Any], None]] = []
@@ -202,7 +205,7 @@ def async_caller() -> tuple[Any, Any]:
 
 def refuse_in_loop(prim: object) -> None:
     """A blocking wait from a thread that runs an event loop would freeze that loop."""
-    if _get_running_loop() is not None or _in_trio_run():
+    if _get_running_loop() is not None or ("trio" in sys.modules and _in_trio_run()):
         raise RuntimeError(
             f"{prim!r}: a blocking acquire in a thread that runs an event loop would freeze "
             "the loop; use 'async with' (or 'await ....acquire()') there"
@@ -354,9 +357,10 @@ class Primitive:
 
     def _enqueue(self, owner: Any, mode: Any, kind: int, home: Any) -> tuple[Waiter, list[Any]]:
         """Queue a waiter (``_cs`` held); returns it and the owners to start watching."""
-        why = self._broken_for(mode)
-        if why is not None:
-            raise BrokenResourceError(why)
+        if self._broken is not None:  # (a lock that never broke refuses nobody)
+            why = self._broken_for(mode)
+            if why is not None:
+                raise BrokenResourceError(why)
         waiter = Waiter(self, owner, mode, kind, home)
         self._q[waiter] = None
         watch = []
@@ -409,19 +413,28 @@ class Primitive:
         Called with ``_cs`` held; returns with it released.  On return the waiter's state says
         what happened (GRANTED: it holds; GONE: timed out).
         """
-        park = allocate_lock()
-        park.acquire()
+        # The thread's own park lock, locked: a wake-up releases it, and the acquire below
+        # that consumes the wake-up leaves it locked for the next park.  A park that ends
+        # without consuming its wake-up (timeout, interrupt) drops it: a wake-up may still be
+        # on its way to it.
+        park = owner.park
+        if park is None:
+            park = allocate_lock()
+            park.acquire()
         try:
             waiter, watch = self._enqueue(owner, mode, _THREAD, park)
         finally:
             self._cs.release()
         self._start_watching(watch)
+        owner.park = None
         try:
             woken = park.acquire(True, -1 if timeout is None else max(timeout, 0.0))
         except BaseException:  # KeyboardInterrupt in the main thread
             self._leave(waiter)
             raise
-        if not woken:
+        if woken:
+            owner.park = park
+        else:
             with self._cs:
                 if waiter.state == WAITING:
                     waiter.state = GONE
