@@ -77,18 +77,18 @@ def _condition_writer() -> Made:
     return Made(aiolocks.Condition(rw.writer), partial(check_invariants, rw))
 
 
-def _ts_lock() -> Made:
-    lock = aiolocks.threadsafe.Lock()
+def _ts_lock(**kwargs: Any) -> Made:
+    lock = aiolocks.threadsafe.Lock(**kwargs)
     return Made(lock, partial(check_invariants, lock))
 
 
-def _ts_rw_writer() -> Made:
-    rw = aiolocks.threadsafe.RWLock()
+def _ts_rw_writer(**kwargs: Any) -> Made:
+    rw = aiolocks.threadsafe.RWLock(**kwargs)
     return Made(rw.writer, partial(check_invariants, rw))
 
 
-def _ts_rw_reader() -> Made:
-    rw = aiolocks.threadsafe.RWLock()
+def _ts_rw_reader(**kwargs: Any) -> Made:
+    rw = aiolocks.threadsafe.RWLock(**kwargs)
     return Made(rw.reader, partial(check_invariants, rw))
 
 
@@ -116,8 +116,26 @@ FACTORIES: list[LockFactory] = [
     LockFactory("Condition", _condition, exclusive=True),
     LockFactory("Condition(RWLock.writer)", _condition_writer, exclusive=True),
     LockFactory("threadsafe.Lock", _ts_lock, exclusive=True),
+    LockFactory(
+        "threadsafe.Lock-fast",
+        lambda: _ts_lock(fast_acquire=True),
+        exclusive=True,
+        fast_acquire=True,
+    ),
     LockFactory("threadsafe.RWLock.writer", _ts_rw_writer, exclusive=True),
+    LockFactory(
+        "threadsafe.RWLock-fast.writer",
+        lambda: _ts_rw_writer(fast_acquire=True),
+        exclusive=True,
+        fast_acquire=True,
+    ),
     LockFactory("threadsafe.RWLock.reader", _ts_rw_reader, exclusive=False),
+    LockFactory(
+        "threadsafe.RWLock-fast.reader",
+        lambda: _ts_rw_reader(fast_acquire=True),
+        exclusive=False,
+        fast_acquire=True,
+    ),
     LockFactory("threadsafe.Condition", _ts_condition, exclusive=True),
     LockFactory("threadsafe.Condition(RWLock.writer)", _ts_condition_writer, exclusive=True),
 ]

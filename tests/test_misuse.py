@@ -14,6 +14,7 @@ import anyio.to_thread
 import pytest
 
 import aiolocks
+import aiolocks.threadsafe
 from aiolocks._introspect import check_invariants
 
 pytestmark = pytest.mark.anyio
@@ -233,28 +234,34 @@ async def test_use_from_second_loop_while_first_loop_waits_raises_runtimeerror()
 
 # --- constructor arguments ------------------------------------------------------------------
 
+_CONSTRUCTORS = pytest.mark.parametrize(
+    "cls",
+    [aiolocks.Lock, aiolocks.RWLock, aiolocks.threadsafe.Lock, aiolocks.threadsafe.RWLock],
+    ids=["Lock", "RWLock", "threadsafe.Lock", "threadsafe.RWLock"],
+)
 
-@pytest.mark.parametrize("cls", [aiolocks.Lock, aiolocks.RWLock], ids=lambda c: c.__name__)
+
+@_CONSTRUCTORS
 @pytest.mark.parametrize("value", ["yes", None, 1, 0.0], ids=repr)
 def test_fast_acquire_of_wrong_type_raises_typeerror(cls: Any, value: Any) -> None:
     with pytest.raises(TypeError, match="fast_acquire"):
         cls(fast_acquire=value)
 
 
-@pytest.mark.parametrize("cls", [aiolocks.Lock, aiolocks.RWLock], ids=lambda c: c.__name__)
+@_CONSTRUCTORS
 @pytest.mark.parametrize("value", [42, b"db", object()], ids=["int", "bytes", "object"])
 def test_name_of_wrong_type_raises_typeerror(cls: Any, value: Any) -> None:
     with pytest.raises(TypeError, match="name"):
         cls(name=value)
 
 
-@pytest.mark.parametrize("cls", [aiolocks.Lock, aiolocks.RWLock], ids=lambda c: c.__name__)
+@_CONSTRUCTORS
 def test_constructor_arguments_are_keyword_only(cls: Any) -> None:
     with pytest.raises(TypeError):
         cls(True)
 
 
-@pytest.mark.parametrize("cls", [aiolocks.Lock, aiolocks.RWLock], ids=lambda c: c.__name__)
+@_CONSTRUCTORS
 def test_unknown_constructor_argument_raises_typeerror(cls: Any) -> None:
     with pytest.raises(TypeError, match="timeout"):
         cls(timeout=1.0)

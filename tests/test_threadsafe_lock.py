@@ -29,6 +29,13 @@ def _waiting(lock: Any) -> int:
     return int(lock.statistics().tasks_waiting)
 
 
+def _take_and_release(lock: Lock) -> bool:
+    """From a thread: wait for the lock (with a deadline), release it; whether it was had."""
+    got = lock.acquire_blocking(timeout=DEADLINE)
+    lock.release()
+    return got
+
+
 # --- the blocking side, from plain threads ----------------------------------------------------
 
 
@@ -71,13 +78,7 @@ def test_acquire_blocking_times_out_holding_nothing() -> None:
 def test_acquire_blocking_returns_true_when_handed_the_lock() -> None:
     lock = Lock()
     lock.acquire_blocking()
-
-    def take() -> bool:
-        got = lock.acquire_blocking(timeout=DEADLINE)
-        lock.release()
-        return got
-
-    _, fut = start_thread(take)
+    _, fut = start_thread(lambda: _take_and_release(lock))
     wait_until(lambda: _waiting(lock) == 1, "the thread queued")
     lock.release()
     assert fut.result(DEADLINE) is True
@@ -318,6 +319,34 @@ def test_thread_waiting_behind_a_task_that_exits_holding_gets_broken() -> None:
         fut.result(DEADLINE)
         with pytest.raises(anyio.BrokenResourceError):
             waiter.result(DEADLINE)
+    check_invariants(lock)
+
+
+def test_task_on_a_stopped_loop_keeps_its_hold_until_the_loop_runs_again() -> None:
+    # A loop that is stopped but not closed may run again (run_until_complete() called later,
+    # as here): its task has not exited, so the lock is not broken and its hold lasts.
+    lock = Lock()
+    loop = asyncio.new_event_loop()
+    try:
+        leave = asyncio.Event()
+
+        async def hold() -> None:
+            async with lock:
+                await leave.wait()
+
+        task = loop.create_task(hold())
+        loop.run_until_complete(asyncio.sleep(0))  # the task takes the lock; the loop stops
+        assert lock.locked()
+        _, impatient = start_thread(lambda: lock.acquire_blocking(timeout=0.05))
+        assert impatient.result(DEADLINE) is False  # timed out behind the hold, not broken
+        _, patient = start_thread(lambda: _take_and_release(lock))
+        wait_until(lambda: _waiting(lock) == 1, "the thread queued behind the stopped task")
+        leave.set()
+        loop.run_until_complete(task)  # the loop runs again: the task releases, hands over
+        assert patient.result(DEADLINE) is True
+    finally:
+        loop.close()
+    assert not lock.locked()
     check_invariants(lock)
 
 

@@ -10,7 +10,9 @@ loop (asyncio, uvloop, trio).  ``test_threads_and_tasks_match_the_fairness_model
 actors plain threads on the blocking side (``acquire_blocking()``, ``upgrade_blocking()``, in
 the same FIFO as the tasks); settling then also waits, with a deadline, until every thread is
 idle or parked in the lock's queue.  A thread's blocking acquire cannot be cancelled, so those
-actors are never sent ``cancel``.
+actors are never sent ``cancel``; their cancellation is the timeout, which the ``*_timeout``
+commands exercise (timeout 0, or a short one that runs out in the queue).  Both tests draw
+``fast_acquire`` too, and re-entrant requests by holders (``reenter_*``).
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ from hypothesis import strategies as st
 
 from _actors import Actor, actors, assert_idle, settle
 from _threads import DEADLINE
+from aiolocks import DeadlockError
 from aiolocks._introspect import waiters
 from aiolocks.threadsafe import RWLock
 from aiolocks.threadsafe._core import owner_info, thread_caller
-from test_model import _BACKENDS, ACTORS, Driver, command_lists
+from test_model import _BACKENDS, ACTORS, COMMANDS, READ, UPGRADED, WRITE, Driver
 
 # An example takes a few milliseconds on one loop (800 per backend: ~2 s), a few more with threads.
 EXAMPLES = 800
@@ -56,10 +59,54 @@ READER_AHEAD_OF_A_PENDING_UPGRADE = [
 ]
 
 
-async def _run_commands(commands: list[tuple[str, int, bool]]) -> None:
-    rw = RWLock()
+# A holder asks again, for any mode: a read is granted at once whatever waits (per-owner
+# re-entrancy), a write only to the writer, the upgradable lock never (DeadlockError).  A granted
+# inner level is released at once; the model says neither step changes anything.
+REENTER_COMMANDS = ("reenter_read", "reenter_write", "reenter_upgradable")
+
+
+def _command_lists(*extra: str) -> st.SearchStrategy[list[tuple[str, int, bool]]]:
+    """test_model's command lists, with ``extra`` commands among those drawn."""
+    return st.lists(
+        st.tuples(st.sampled_from(COMMANDS + extra), st.integers(0, ACTORS - 1), st.booleans()),
+        min_size=4,
+        max_size=40,
+    )
+
+
+ts_command_lists = _command_lists(*REENTER_COMMANDS)
+
+
+class ReentrantDriver(Driver):
+    """test_model's Driver, plus the re-entrant requests above."""
+
+    async def apply(self, command: str, pick: int, native: bool) -> None:
+        if command in REENTER_COMMANDS:
+            await self.reenter(command[len("reenter_") :], pick)
+        else:
+            await super().apply(command, pick, native)
+
+    async def reenter(self, mode: str, pick: int) -> None:
+        candidates = [a for a in sorted(self.hold) if a not in self.pending]
+        if not candidates:
+            return
+        actor_id = candidates[pick % len(candidates)]
+        held = self.hold[actor_id]
+        self.log.append(f"reenter_{mode}({actor_id}, holding {held})")
+        actor, view = self.crew[actor_id], self.view(mode)
+        if mode == READ or (mode == WRITE and held in (WRITE, UPGRADED)):
+            await actor.run(view.acquire)  # (it fails if the call has to wait)
+            await actor.run(view.release)
+        else:
+            with pytest.raises(DeadlockError):
+                await actor.run(view.acquire)
+        await self.observe()
+
+
+async def _run_commands(commands: list[tuple[str, int, bool]], fast: bool) -> None:
+    rw = RWLock(fast_acquire=fast)
     async with actors(*(f"actor-{i}" for i in range(ACTORS)), timeout=10) as crew:
-        driver = Driver(rw, crew)  # type: ignore[arg-type]
+        driver = ReentrantDriver(rw, crew)  # type: ignore[arg-type]
         for command in commands:
             await driver.apply(*command)
         await driver.wind_down()
@@ -67,20 +114,27 @@ async def _run_commands(commands: list[tuple[str, int, bool]]) -> None:
 
 @pytest.mark.parametrize("backend", _BACKENDS)
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(commands=command_lists)
-@example(commands=UPGRADE_BEHIND_A_WAITING_WRITER)
-@example(commands=READER_AHEAD_OF_A_PENDING_UPGRADE)
+@given(commands=ts_command_lists, fast=st.booleans())
+@example(commands=UPGRADE_BEHIND_A_WAITING_WRITER, fast=False)
+@example(commands=READER_AHEAD_OF_A_PENDING_UPGRADE, fast=False)
 def test_threadsafe_rwlock_matches_the_fairness_model(
-    backend: tuple[str, dict[str, Any]], commands: list[tuple[str, int, bool]]
+    backend: tuple[str, dict[str, Any]], commands: list[tuple[str, int, bool]], fast: bool
 ) -> None:
     name, options = backend
-    anyio.run(_run_commands, commands, backend=name, backend_options=options)
+    anyio.run(_run_commands, commands, fast, backend=name, backend_options=options)
 
 
 # --- some actors are threads --------------------------------------------------------------------
 
 THREAD_EXAMPLES = 500
 BLOCKING_TWIN = {"acquire": "acquire_blocking", "upgrade": "upgrade_blocking"}
+# A thread's blocking acquire with a timeout that runs out whenever it has to wait: at once
+# (``native`` drawn True: timeout 0, it never queues) or after a few milliseconds in the queue,
+# during which nothing else happens (so whether it is granted is the model's to say).  Leaving
+# the queue on timeout is the blocking side's cancellation: it may admit those behind it.
+TIMED_OUT_WAIT = 0.005
+TIMEOUT_COMMANDS = ("read_timeout", "write_timeout", "upgradable_timeout")
+mixed_command_lists = _command_lists(*REENTER_COMMANDS, *TIMEOUT_COMMANDS)
 
 
 class ThreadOp:
@@ -191,7 +245,7 @@ class Stage:
                     return
 
 
-class MixedDriver(Driver):
+class MixedDriver(ReentrantDriver):
     """test_model's Driver over tasks and threads: threads are never cancelled, and every
     observation settles the threads too."""
 
@@ -203,6 +257,9 @@ class MixedDriver(Driver):
         return isinstance(self.crew[actor_id], ThreadActor)
 
     async def apply(self, command: str, pick: int, native: bool) -> None:
+        if command in TIMEOUT_COMMANDS:
+            await self.timed_acquire(command[: -len("_timeout")], pick, native)
+            return
         if command == "cancel":
             pending = sorted(self.pending)
             tasks = [a for a in pending if not self.is_thread(a)]
@@ -210,6 +267,25 @@ class MixedDriver(Driver):
                 return
             pick = pending.index(tasks[pick % len(tasks)])
         await super().apply(command, pick, native)
+
+    async def timed_acquire(self, mode: str, pick: int, native: bool) -> None:
+        candidates = [a for a in self.idle() if self.is_thread(a)]
+        if not candidates:
+            return
+        actor_id = candidates[pick % len(candidates)]
+        timeout = 0.0 if native else TIMED_OUT_WAIT
+        self.log.append(f"{mode}_timeout({actor_id}, {timeout})")
+        view = self.view(mode)
+        granted = self.model.can_take(mode)
+        got = await self.crew[actor_id].run(lambda: view.acquire_blocking(timeout))
+        assert got is granted, f"{mode} with timeout {timeout} by {actor_id}: {got}"
+        if granted:
+            self.model.request(actor_id, mode)
+            self.hold[actor_id] = mode
+        elif timeout > 0:  # it queued, then left
+            self.model.request(actor_id, mode)
+            self.model.cancel(actor_id)
+        await self.observe()
 
     async def observe(self) -> None:
         await self.stage.settle()
@@ -233,8 +309,8 @@ class MixedDriver(Driver):
         assert_idle(self.rw)
 
 
-async def _run_mixed(commands: list[tuple[str, int, bool]], threads: set[int]) -> None:
-    rw = RWLock()
+async def _run_mixed(commands: list[tuple[str, int, bool]], threads: set[int], fast: bool) -> None:
+    rw = RWLock(fast_acquire=fast)
     stage = Stage(rw)
     async with actors(*(f"actor-{i}" for i in range(ACTORS)), timeout=3 * DEADLINE) as tasks:
         crew: list[Actor | ThreadActor] = list(tasks)
@@ -253,9 +329,16 @@ async def _run_mixed(commands: list[tuple[str, int, bool]], threads: set[int]) -
 
 @pytest.mark.parametrize("backend", _BACKENDS)
 @settings(max_examples=THREAD_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(commands=command_lists, threads=st.sets(st.integers(0, ACTORS - 1), min_size=1, max_size=4))
+@given(
+    commands=mixed_command_lists,
+    threads=st.sets(st.integers(0, ACTORS - 1), min_size=1, max_size=4),
+    fast=st.booleans(),
+)
 def test_threads_and_tasks_match_the_fairness_model(
-    backend: tuple[str, dict[str, Any]], commands: list[tuple[str, int, bool]], threads: set[int]
+    backend: tuple[str, dict[str, Any]],
+    commands: list[tuple[str, int, bool]],
+    threads: set[int],
+    fast: bool,
 ) -> None:
     name, options = backend
-    anyio.run(_run_mixed, commands, threads, backend=name, backend_options=options)
+    anyio.run(_run_mixed, commands, threads, fast, backend=name, backend_options=options)

@@ -129,9 +129,14 @@ def _thread_worker(ledger: Ledger, seed: int) -> None:
         check_invariants(rw)
 
 
+# fast_acquire=True changes only the uncontended async path: no yield there on asyncio.
+FAST = pytest.mark.parametrize("fast", [False, True], ids=["checkpointing", "fast_acquire"])
+
+
+@FAST
 @pytest.mark.usefixtures("fast_switching")
-def test_rwlock_shared_by_loops_trio_and_threads_keeps_its_invariants() -> None:
-    rw = RWLock()
+def test_rwlock_shared_by_loops_trio_and_threads_keeps_its_invariants(fast: bool) -> None:
+    rw = RWLock(fast_acquire=fast)
     ledger = Ledger(rw)
     trio_thread = TrioThread()
     futs: list[Any] = []
@@ -158,9 +163,10 @@ def test_rwlock_shared_by_loops_trio_and_threads_keeps_its_invariants() -> None:
     check_invariants(rw)
 
 
+@FAST
 @pytest.mark.usefixtures("fast_switching")
-def test_lock_shared_by_loops_trio_and_threads_loses_no_update() -> None:
-    lock = Lock()
+def test_lock_shared_by_loops_trio_and_threads_loses_no_update(fast: bool) -> None:
+    lock = Lock(fast_acquire=fast)
     counts = {"counter": 0, "done": 0}
     guard = threading.Lock()
 

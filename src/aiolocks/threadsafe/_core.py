@@ -41,7 +41,7 @@ import anyio
 from anyio import BrokenResourceError
 
 from .._backend import LIVE, TRIO, task_name, task_of, watch
-from .._common import held_checkpoint, name_of
+from .._common import check_flag, held_checkpoint, name_of
 
 __all__ = [
     "FAILED",
@@ -85,12 +85,15 @@ class ThreadOwner:
     a callback with :meth:`watch`; a callback registered after the exit runs at once.
     """
 
-    __slots__ = ("__weakref__", "_callbacks", "_dead", "_guard", "_ref", "ident", "name")
+    __slots__ = ("__weakref__", "_callbacks", "_dead", "_guard", "_ref", "ident", "name", "park")
 
     def __init__(self, sentinel: _Sentinel) -> None:
         thread = threading.current_thread()
         self.ident = get_ident()
         self.name = thread.name
+        # The lock this thread parks on (see Primitive._park_blocking), kept locked between
+        # parks; only this thread reads or replaces it.  None: make a new one.
+        self.park: Any = None
         self._guard = allocate_lock()
         self._dead = False
         self._callbacks: list[Callable[[Any], None]] = []
@@ -146,21 +149,15 @@ def _in_trio_run() -> bool:
     return trio is not None and bool(trio.lowlevel.in_trio_run())
 
 
-def caller() -> tuple[Any, Any]:
-    """``(owner, home)`` of a caller of either side: the running task and its asyncio loop or
-    TrioToken, else the calling thread (whose home is None)."""
-    loop = _get_running_loop()
-    if loop is not None:
-        task = task_of(loop)
-        if task is not None:
-            return task, loop
+def _trio_task() -> tuple[Any, Any] | None:
+    """``(task, TrioToken)`` of the running trio task, or None outside trio."""
     trio = sys.modules.get("trio")
     if trio is not None and trio.lowlevel.in_trio_run():
         global _token_type
         token = trio.lowlevel.current_trio_token()
         _token_type = token.__class__
         return trio.lowlevel.current_task(), token
-    return thread_caller(), None
+    return None
 
 
 class _NoToken:
@@ -175,20 +172,40 @@ def is_trio(home: Any) -> bool:
     return home.__class__ is _token_type
 
 
+# The two lookups below are the hot path of every acquire and release: the asyncio case is
+# written out in each (a function call costs as much as the lookup itself).
+
+
+def caller() -> tuple[Any, Any]:
+    """``(owner, home)`` of a caller of either side: the running task and its asyncio loop or
+    TrioToken, else the calling thread (whose home is None)."""
+    loop = _get_running_loop()
+    if loop is not None:
+        task = task_of(loop)
+        if task is not None:
+            return task, loop
+    return _trio_task() or (thread_caller(), None)
+
+
 def async_caller() -> tuple[Any, Any]:
     """``(task, home)`` of the running task (async side)."""
-    owner, home = caller()
-    if home is None:
+    loop = _get_running_loop()
+    if loop is not None:
+        task = task_of(loop)
+        if task is not None:
+            return task, loop
+    found = _trio_task()
+    if found is None:
         raise RuntimeError(
             "aiolocks.threadsafe: 'async with' / acquire() must run in an asyncio or trio task; "
             "from a plain thread use 'with' or acquire_blocking()"
         )
-    return owner, home
+    return found
 
 
 def refuse_in_loop(prim: object) -> None:
     """A blocking wait from a thread that runs an event loop would freeze that loop."""
-    if _get_running_loop() is not None or _in_trio_run():
+    if _get_running_loop() is not None or ("trio" in sys.modules and _in_trio_run()):
         raise RuntimeError(
             f"{prim!r}: a blocking acquire in a thread that runs an event loop would freeze "
             "the loop; use 'async with' (or 'await ....acquire()') there"
@@ -300,9 +317,10 @@ class Primitive:
       exited holding (they are removed and failed), or None if ``owner`` holds nothing.
     """
 
-    __slots__ = ("__weakref__", "_broken", "_conds", "_cs", "_q", "_watched")
+    __slots__ = ("__weakref__", "_broken", "_conds", "_cs", "_fast", "_q", "_watched")
 
-    def __init__(self) -> None:
+    def __init__(self, fast_acquire: bool) -> None:
+        self._fast = check_flag(fast_acquire, "fast_acquire")
         self._cs = allocate_lock()
         # waiter -> None, in arrival order (O(1) append, removal and pop of the first)
         self._q: OrderedDict[Waiter, None] = OrderedDict()
@@ -339,9 +357,10 @@ class Primitive:
 
     def _enqueue(self, owner: Any, mode: Any, kind: int, home: Any) -> tuple[Waiter, list[Any]]:
         """Queue a waiter (``_cs`` held); returns it and the owners to start watching."""
-        why = self._broken_for(mode)
-        if why is not None:
-            raise BrokenResourceError(why)
+        if self._broken is not None:  # (a lock that never broke refuses nobody)
+            why = self._broken_for(mode)
+            if why is not None:
+                raise BrokenResourceError(why)
         waiter = Waiter(self, owner, mode, kind, home)
         self._q[waiter] = None
         watch = []
@@ -394,19 +413,28 @@ class Primitive:
         Called with ``_cs`` held; returns with it released.  On return the waiter's state says
         what happened (GRANTED: it holds; GONE: timed out).
         """
-        park = allocate_lock()
-        park.acquire()
+        # The thread's own park lock, locked: a wake-up releases it, and the acquire below
+        # that consumes the wake-up leaves it locked for the next park.  A park that ends
+        # without consuming its wake-up (timeout, interrupt) drops it: a wake-up may still be
+        # on its way to it.
+        park = owner.park
+        if park is None:
+            park = allocate_lock()
+            park.acquire()
         try:
             waiter, watch = self._enqueue(owner, mode, _THREAD, park)
         finally:
             self._cs.release()
         self._start_watching(watch)
+        owner.park = None
         try:
             woken = park.acquire(True, -1 if timeout is None else max(timeout, 0.0))
         except BaseException:  # KeyboardInterrupt in the main thread
             self._leave(waiter)
             raise
-        if not woken:
+        if woken:
+            owner.park = park
+        else:
             with self._cs:
                 if waiter.state == WAITING:
                     waiter.state = GONE
@@ -439,10 +467,14 @@ class Primitive:
                 self._leave(waiter)
 
     def _checkpoint(self, owner: Any, home: Any) -> Any:
-        """The checkpoint after an uncontended async acquire; a cancel there gives it back."""
+        """The checkpoint after an uncontended async acquire; a cancel there gives it back.
+
+        With ``fast_acquire`` there is none on asyncio and a cancel point only on trio (the
+        rules of the in-process locks, see :func:`aiolocks._common.held_checkpoint`).
+        """
         if home.__class__ is not _token_type:
-            return held_checkpoint(home, self._undo_owner, owner)
-        return held_checkpoint(TRIO, self._undo_owner, owner)
+            return held_checkpoint(home, self._undo_owner, owner, self._fast)
+        return held_checkpoint(TRIO, self._undo_owner, owner, self._fast)
 
     def _undo_owner(self, owner: Any) -> None:
         raise NotImplementedError

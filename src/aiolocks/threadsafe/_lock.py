@@ -11,6 +11,7 @@ from anyio import LockStatistics, WouldBlock
 from .._backend import READY
 from .._common import not_holding, set_name
 from .._exceptions import DeadlockError
+from . import _core
 from ._core import (
     GRANTED,
     THREAD,
@@ -39,12 +40,18 @@ class Lock(Primitive):
 
     Not re-entrant: the holder asking again gets :class:`~aiolocks.DeadlockError` at once.  A
     task or thread that ends holding the lock breaks it: waiters get
-    :class:`anyio.BrokenResourceError`.  ``acquire()`` is a checkpoint and cancellation-safe;
+    :class:`anyio.BrokenResourceError`.  ``acquire()`` is cancellation-safe, and a checkpoint
+    (a cancel point and a schedule point) unless the lock was made with ``fast_acquire=True``:
+    then an uncontended ``acquire()`` does not yield to the event loop (on asyncio it is not a
+    cancel point either, like ``asyncio.Lock``; on trio it still is), as with
+    :class:`aiolocks.Lock`.  A contended acquire always waits, and is therefore cancellable.
     ``acquire_blocking(timeout)`` gives up after ``timeout`` seconds.
 
     Slower than :class:`aiolocks.Lock`, which is for the tasks of one event loop.
 
     Args:
+        fast_acquire: skip the schedule point on the uncontended async path (the blocking side
+            never has one).
         name: shown in ``repr`` and in :func:`aiolocks.debug.snapshot`.
 
     Example::
@@ -67,8 +74,8 @@ class Lock(Primitive):
     #   _broken is set    implies  _owner is the dead owner, and _q is empty
     __slots__ = ("_home", "_owner")
 
-    def __init__(self, *, name: str | None = None) -> None:
-        super().__init__()
+    def __init__(self, *, fast_acquire: bool = False, name: str | None = None) -> None:
+        super().__init__(fast_acquire)
         set_name(self, name)
         self._owner: Any = None
         self._home: Any = None  # the owner's loop or TrioToken (None for a thread)
@@ -91,19 +98,26 @@ class Lock(Primitive):
 
     def __aenter__(self) -> Awaitable[None]:
         task, home = async_caller()
-        with self._cs:
+        cs = self._cs
+        cs.acquire()  # (not 'with': on this hot path it costs as much as the rest together)
+        try:
             if self._owner is None:  # no owner implies nobody waits
                 self._owner = task
                 self._home = home
+                if self._fast and home.__class__ is not _core._token_type:
+                    return READY
                 return self._checkpoint(task, home)  # type: ignore[no-any-return]
             if self._owner is not task:
                 return self._park_async(task, home, None)  # type: ignore[no-any-return]
+        finally:
+            cs.release()
         raise self._deadlock()  # (repr takes _cs: never build a message while holding it)
 
     async def acquire(self) -> None:
         """Acquire the lock, waiting (FIFO, behind tasks and threads) while it is held.
 
-        A checkpoint; cancellable while it waits, and a cancelled acquire holds nothing.
+        A checkpoint unless the lock was made with ``fast_acquire=True`` (see the class
+        docstring); cancellable while it waits, and a cancelled acquire holds nothing.
 
         Raises:
             DeadlockError: the calling task already holds the lock.
@@ -195,11 +209,15 @@ class Lock(Primitive):
         self._release(caller()[0])
 
     def _release(self, owner: Any) -> None:
-        with self._cs:
+        cs = self._cs
+        cs.acquire()  # (not 'with', as in __aenter__)
+        try:
             holder = self._owner
             if holder is owner:
                 self._owner = None
                 granted = self._admit() if self._q else None
+        finally:
+            cs.release()
         if holder is not owner:
             raise not_holding("release()", self, owner, (holder,))
         if granted:

@@ -12,6 +12,7 @@ from .._backend import READY
 from .._common import not_holding, set_name
 from .._exceptions import DeadlockError
 from .._types import RWLockStatistics
+from . import _core
 from ._core import (
     GRANTED,
     THREAD,
@@ -48,7 +49,11 @@ class RWLock(Primitive):
     owner is the task (async side) or the thread (blocking side); an owner that ends holding
     breaks the lock for the requests that conflict with its hold.
 
+    Acquiring from a task is a checkpoint unless ``fast_acquire=True`` (see
+    :class:`aiolocks.threadsafe.Lock`).
+
     Args:
+        fast_acquire: skip the schedule point on uncontended async acquisitions.
         name: shown in ``repr`` and in :func:`aiolocks.debug.snapshot`.
 
     Example::
@@ -84,8 +89,8 @@ class RWLock(Primitive):
         "writer",
     )
 
-    def __init__(self, *, name: str | None = None) -> None:
-        super().__init__()
+    def __init__(self, *, fast_acquire: bool = False, name: str | None = None) -> None:
+        super().__init__(fast_acquire)
         set_name(self, name)
         self._readers: dict[Any, tuple[int, Any]] = {}  # owner -> (levels, home)
         self._writer: Any = None
@@ -134,8 +139,8 @@ class RWLock(Primitive):
             if owner is self._writer or owner is self._upgradable:
                 self._readers[owner] = (1, home)
                 return True
-            if self._writer is None and not any(
-                w.mode in _CONFLICTS_WITH_NEW_READER for w in self._q
+            if self._writer is None and (
+                not self._q or not any(w.mode in _CONFLICTS_WITH_NEW_READER for w in self._q)
             ):
                 self._readers[owner] = (1, home)
                 return True
@@ -180,12 +185,18 @@ class RWLock(Primitive):
 
     def _acquire_async(self, mode: str) -> Awaitable[None]:
         task, home = async_caller()
-        with self._cs:
+        cs = self._cs
+        cs.acquire()  # (not 'with': see Lock.__aenter__)
+        try:
             taken = self._try(task, home, mode)
-            if taken:
-                return self._checkpoint(task, (home, mode))  # type: ignore[no-any-return]
             if taken is False:
                 return self._park_async(task, home, mode)  # type: ignore[no-any-return]
+        finally:
+            cs.release()
+        if taken:
+            if self._fast and home.__class__ is not _core._token_type:
+                return READY
+            return self._checkpoint(task, (home, mode))  # type: ignore[no-any-return]
         raise self._deadlock(mode)
 
     def _acquire_blocking(self, mode: str, timeout: float | None) -> bool:
@@ -237,7 +248,9 @@ class RWLock(Primitive):
 
     def _release(self, owner: Any, mode: str) -> None:
         error = None
-        with self._cs:
+        cs = self._cs
+        cs.acquire()  # (not 'with': see Lock.__aenter__)
+        try:
             granted: list[Waiter] = []
             if mode == READ:
                 held = self._readers.get(owner)
@@ -265,6 +278,8 @@ class RWLock(Primitive):
             else:
                 self._upgradable = self._uhome = None
                 granted = self._admit()
+        finally:
+            cs.release()
         if error is not None:
             holders = [self._writer, self._upgradable, *self._readers]
             raise not_holding(error, self, owner, holders)
@@ -472,7 +487,8 @@ class _View:
     async def acquire(self) -> None:
         """Acquire this mode, waiting in the lock's FIFO (behind tasks and threads) if needed.
 
-        A checkpoint; cancellable while it waits, and a cancelled acquire holds nothing.
+        A checkpoint unless the lock was made with ``fast_acquire=True``; cancellable while it
+        waits, and a cancelled acquire holds nothing.
 
         Raises:
             DeadlockError: the request could never be granted (see the class docstring).
