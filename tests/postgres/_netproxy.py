@@ -56,6 +56,7 @@ class TcpProxy:
         self._cut = False
         self._closing = False
         self._drop = 0  # connections still to close unanswered (drop_next)
+        self._hold_fins = False  # keep clients' sockets open after the server closes (hold_fins)
         self._pipes: list[_Pipe] = []
         self._thread = threading.Thread(target=self._run, name="netproxy", daemon=True)
         self._thread.start()
@@ -78,6 +79,18 @@ class TcpProxy:
         """Close the next ``n`` connections as soon as they are accepted, unanswered."""
         with self._lock:
             self._drop = n
+
+    def hold_fins(self) -> None:
+        """From now on, forward all the server sends but not its close: a client's socket stays
+        open after the server closed its side (a close still in flight)."""
+        with self._lock:
+            self._hold_fins = True
+
+    @property
+    def fins_held(self) -> int:
+        """Connections the server closed whose bytes all reached the client, close held back."""
+        with self._lock:
+            return sum(1 for p in self._pipes if p.eof[1] and not p.bufs[1] and not p.shut[0])
 
     def close(self) -> None:
         """Stop the proxy and close every socket."""
@@ -179,6 +192,8 @@ class TcpProxy:
                 out = pipe.bufs[1 - i]
                 del out[: sock.send(out)]
             for j in (0, 1):
+                if j == 1 and self._hold_fins:
+                    continue
                 if pipe.eof[j] and not pipe.bufs[j] and not pipe.shut[1 - j]:
                     pipe.shut[1 - j] = True
                     pipe.socks[1 - j].shutdown(socket.SHUT_WR)

@@ -43,10 +43,6 @@ async def _worker(config: dict[str, Any]) -> None:
         print(f"granted {time.monotonic()!r}", flush=True)
         try:
             await command()  # "release", or EOF
-            # One turn of the loop first: a holder resumed after a freeze (SIGSTOP) hears of a
-            # loss from its sessions' sockets at the loop's next turn; a synchronous release()
-            # in the very turn the command arrives in can run before that (about 1 run in 12).
-            await anyio.lowlevel.checkpoint()
         except BaseException:
             lock.release()
             raise

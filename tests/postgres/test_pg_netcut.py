@@ -323,3 +323,43 @@ async def test_connections_closed_unanswered_are_retried_as_a_restarting_server(
             async with far.lock("restarting"):
                 assert far.lock("restarting").locked()
         assert proxy.connections == 1  # the fourth attempt, pooled now
+
+
+@pytest.mark.parametrize("heard_by", ["release", "watch"])
+async def test_a_hold_is_lost_when_the_servers_fatal_message_arrives_before_its_close(
+    pg_dsn: str, proxy: TcpProxy, anyio_backend: Any, heard_by: str
+) -> None:
+    """A backend that ends (terminated, idle or lease timeout) sends FATAL, releases its locks,
+    and only then closes its socket, so another process may be granted the lock before the
+    holder's socket closes.  The FATAL alone must tell the holder (libpq reports an error that
+    arrives while no statement runs as a mere notice).  The proxy delivers the FATAL and holds
+    the close back.  ``release``: the holder's plain ``release()`` is the first to read it;
+    ``watch``: the session's watch reads it, and ``locked()`` turns False.  No heartbeat, so
+    no ping reads the socket first."""
+    namespace = _namespace()
+    dsn = _through(pg_dsn, proxy)
+    async with PostgresLocks(dsn, namespace=namespace, heartbeat=0) as far:
+        lock = far.lock("ended")
+        with anyio.fail_after(10):
+            await lock.acquire()
+            ((pid, granted),) = await _requests(pg_dsn, namespace)
+            assert granted
+            proxy.hold_fins()
+
+            def terminate() -> None:
+                with psycopg.connect(pg_dsn, autocommit=True) as c:
+                    c.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+
+            if heard_by == "release":
+                # nothing reads the socket before release() does: the watch is off meanwhile
+                far._engine.ledger.tasks[far._engine.task()].session.unwatch()
+            await anyio.to_thread.run_sync(terminate)
+            if heard_by == "release":
+                while await _requests(pg_dsn, namespace) or proxy.fins_held < 1:
+                    await anyio.sleep(0.01)  # the server let go; the FATAL is in our socket
+            else:
+                while lock.locked():
+                    await anyio.sleep(0.01)  # the watch read the FATAL (no close came)
+            with pytest.raises(LockLostError):
+                lock.release()
+        assert not lock.locked()

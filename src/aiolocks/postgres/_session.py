@@ -54,6 +54,8 @@ _SQLSTATE = pq.DiagnosticField.SQLSTATE
 _PRIMARY = pq.DiagnosticField.MESSAGE_PRIMARY
 _DETAIL = pq.DiagnosticField.MESSAGE_DETAIL
 _SEVERITY = pq.DiagnosticField.SEVERITY_NONLOCALIZED
+#: Severities with which the server ends the session (the close follows the message).
+_SESSION_ENDING = (b"FATAL", b"PANIC")
 
 #: Session settings needing PostgreSQL 14+ (an older server refuses unknown startup options).
 _PG14_SETTINGS = ("idle_session_timeout", "client_connection_check_interval")
@@ -155,6 +157,7 @@ class Session:
     __slots__ = (
         "__weakref__",
         "_armed",
+        "_ended",
         "_loop",
         "_on_lost",
         "_pending",
@@ -187,6 +190,10 @@ class Session:
         self._loop: Any = None
         self._on_lost: Callable[[SessionLost], None] | None = None  # set while watched
         self._armed: Any = None  # asyncio: True; trio: the _TrioWatch (or a task's scope)
+        # A FATAL that arrived while no statement ran: libpq hands it to the notice handler
+        # only (see _notice), and the close that follows may still be in flight.
+        self._ended: ServerError | None = None
+        pgconn.notice_handler = self._notice
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{len(self._pending)} pending"
@@ -299,11 +306,18 @@ class Session:
         try:
             if self.needs_flush:
                 self.needs_flush = self.pgconn.flush() != 0
-            self.pgconn.consume_input()
+            pgconn = self.pgconn
+            pgconn.consume_input()
             if not self._pending:
-                # A terminated backend sends FATAL, then closes: a second read sees the close.
-                self.pgconn.consume_input()
+                # Nothing runs, so what arrived is a backend ending the session: FATAL, then
+                # the close.  libpq parses it only once out of its between-statements pipeline
+                # state (get_result() returns None and leaves it), and as a notice (_notice).
+                pgconn.get_result()
+                pgconn.is_busy()
+                pgconn.consume_input()  # a second read sees the close, if it has come
             self._take_results()
+            if self._ended is not None:
+                raise SessionLost(f"the server ended the session: {self._ended}")
         except OperationalError as exc:
             self._broken(exc)
             raise SessionLost(str(exc)) from exc
@@ -332,12 +346,8 @@ class Session:
                 if head.on_done is not None:
                     head.on_done(head)
             elif status == _FATAL_ERROR:
-                error = ServerError(
-                    (res.error_field(_SQLSTATE) or b"").decode(),
-                    (res.error_field(_PRIMARY) or b"").decode(errors="replace"),
-                    (res.error_field(_DETAIL) or b"").decode(errors="replace"),
-                )
-                if res.error_field(_SEVERITY) in (b"FATAL", b"PANIC"):
+                error = _server_error(res)
+                if res.error_field(_SEVERITY) in _SESSION_ENDING:
                     # the server ends the session (terminated, shut down, idle timeout): the
                     # close follows, but the session is gone now, whatever was pending
                     raise SessionLost(f"the server ended the session: {error}")
@@ -347,6 +357,14 @@ class Session:
                 head.prepares = None  # the prepare's own result: it worked
             elif status != _PIPELINE_ABORTED:
                 head.result = res
+
+    def _notice(self, res: pq.abc.PGresult) -> None:
+        # libpq takes an error message that arrives while no statement runs for a notice: the
+        # FATAL of a backend that ends (terminated, idle_session_timeout: the lease) comes so.
+        # The backend releases its locks before its socket closes, so another process can
+        # hold the lock already while this socket still looks open.
+        if res.error_field(_SEVERITY) in _SESSION_ENDING and self._ended is None:
+            self._ended = _server_error(res)
 
     def wait_steps(
         self, target: Pending, limit: float | None = None, *, shielded: bool = False
@@ -504,6 +522,7 @@ class Session:
                 anyio.notify_closing(self.fd)
             except Exception:  # pragma: no cover - no event loop (closing from elsewhere)
                 pass
+        self.pgconn.notice_handler = None  # (a cycle: the handler is a method of this session)
         try:
             self.pgconn.finish()
         except Exception:  # pragma: no cover - finishing never fails in practice
@@ -552,6 +571,14 @@ class _TrioWatch:
                 session = key.data
                 if session._armed is self:  # not disarmed by one before it in this batch
                     session._readable()
+
+
+def _server_error(res: pq.abc.PGresult) -> ServerError:
+    return ServerError(
+        (res.error_field(_SQLSTATE) or b"").decode(),
+        (res.error_field(_PRIMARY) or b"").decode(errors="replace"),
+        (res.error_field(_DETAIL) or b"").decode(errors="replace"),
+    )
 
 
 def _error_text(pgconn: pq.abc.PGconn) -> str:
