@@ -63,6 +63,7 @@ class _LockInfo:
 
     @staticmethod
     def check(lock: Lock) -> None:
+        _check_fast(lock)
         q = lock._q
         if q is not None:
             assert lock._owner is not None, "waiters queued behind no owner"
@@ -71,6 +72,12 @@ class _LockInfo:
                 assert q.watch_token is not None, "owner not watched while tasks wait"
             if not q:
                 assert q.watch_token is None, "an owner watched while nobody waits"
+
+
+def _check_fast(prim: Lock | RWLock) -> None:
+    if prim._fast is not False:
+        on_asyncio = prim._loop is not None and prim._loop is not _backend.TRIO
+        assert prim._fast is (True if on_asyncio else None), "_fast out of step with its loop"
 
 
 class _RWLockInfo:
@@ -133,6 +140,7 @@ class _RWLockInfo:
 
     @staticmethod
     def check(rw: RWLock) -> None:
+        _check_fast(rw)
         readers = rw._readers or {}
         assert all(n >= 1 for n in readers.values()), "a reader with no levels"
         writer = rw._writer

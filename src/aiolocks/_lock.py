@@ -68,7 +68,8 @@ class Lock(OneLevelPort, AsyncOnly):
     __slots__ = ("__weakref__", "_fast", "_loop", "_owner", "_q", "_tid")
 
     def __init__(self, *, fast_acquire: bool = False, name: str | None = None) -> None:
-        self._fast = check_flag(fast_acquire, "fast_acquire")
+        # False, or with fast_acquire: True on an asyncio loop, None elsewhere (see Bindable)
+        self._fast: bool | None = None if check_flag(fast_acquire, "fast_acquire") else False
         set_name(self, name)
         self._owner: Any = None
         self._q: OwnerQueue | None = None
@@ -92,9 +93,9 @@ class Lock(OneLevelPort, AsyncOnly):
             task = resolve_task(self)
         if self._owner is None and self._q is None:
             self._owner = task
-            if self._fast and self._loop is not TRIO:
+            if self._fast:
                 return READY
-            return held_checkpoint(self._loop, self._undo_acquire, task, self._fast)
+            return held_checkpoint(self._loop, self._undo_acquire, task, self._fast is not False)
         return self._acquire_contended(task)
 
     async def acquire(self) -> None:

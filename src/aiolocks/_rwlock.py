@@ -190,7 +190,8 @@ class RWLock(Versioned):
     )
 
     def __init__(self, *, fast_acquire: bool = False, name: str | None = None) -> None:
-        self._fast = check_flag(fast_acquire, "fast_acquire")
+        # as Lock's: False, or with fast_acquire: True on an asyncio loop, None elsewhere
+        self._fast: bool | None = None if check_flag(fast_acquire, "fast_acquire") else False
         set_name(self, name)
         self._readers: dict[Any, int] | None = None  # task -> read levels
         self._writer: Any = None
@@ -377,7 +378,7 @@ class RWLock(Versioned):
         else:
             granted, undo = self._try_upgradable(task), self._release_upgradable
         if granted:
-            return held_checkpoint(self._loop, undo, task, self._fast)
+            return held_checkpoint(self._loop, undo, task, self._fast is not False)
         return self._wait(task, mode)
 
     async def _wait(self, task: Any, mode: int) -> None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, final
 
 from anyio import LockStatistics, WouldBlock
 
-from ._backend import READY, TRIO, resolve_task, task_info, task_of, thread_mark
+from ._backend import READY, resolve_task, task_info, task_of, thread_mark
 from ._common import AsyncOnly, held_checkpoint, who
 from ._exceptions import DeadlockError
 from ._queue import Waiter
@@ -111,10 +111,13 @@ class ReadLock(_View):
             readers = rw._readers
             if readers is None:
                 readers = rw._readers = {}
-            readers[task] = readers.get(task, 0) + 1
-            if rw._fast and rw._loop is not TRIO:
+            if task in readers:
+                readers[task] += 1
+            else:
+                readers[task] = 1
+            if rw._fast:
                 return READY
-            return held_checkpoint(rw._loop, rw._release_read, task, rw._fast)
+            return held_checkpoint(rw._loop, rw._release_read, task, rw._fast is not False)
         return rw._enter(task, READ)
 
     def __aexit__(
@@ -212,14 +215,14 @@ class WriteLock(_View):
         if rw._writer is None and rw._slow is None and not rw._readers:
             rw._writer = task
             rw._version += 1
-            if rw._fast and rw._loop is not TRIO:
+            if rw._fast:
                 return READY
-            return held_checkpoint(rw._loop, rw._release_write, task, rw._fast)
+            return held_checkpoint(rw._loop, rw._release_write, task, rw._fast is not False)
         writer = rw._writer
         if writer is not None and writer is not task:
             return rw._wait(task, WRITE)  # held by another writer: nothing to decide, wait
         if rw._try_write(task):
-            return held_checkpoint(rw._loop, rw._release_write, task, rw._fast)
+            return held_checkpoint(rw._loop, rw._release_write, task, rw._fast is not False)
         return rw._wait(task, WRITE)
 
     def __aexit__(
@@ -457,7 +460,7 @@ class UpgradableLock(_View):
         task = rw._me()
         s = self._check_upgrade(task)
         if self._upgrade_now(s, task):
-            await held_checkpoint(rw._loop, rw._downgrade, task, rw._fast)
+            await held_checkpoint(rw._loop, rw._downgrade, task, rw._fast is not False)
             return
         await rw._wait(task, UPGRADE)
 
