@@ -13,14 +13,15 @@ counts *floors*, minimal locks written here that do only what any lock with aiol
 must do (record the owner task, check the calling thread, count readers), so that a ratio can be
 read against the cheapest code that keeps the contract.
 
-Each count is ``(I(2n) - I(n)) / n``: two runs of a scenario, ``n`` and ``2n`` operations long,
-so that start-up, imports and the event loop's own setup cancel out.  Instructions are not
+The workloads are ``benchmarks/run.py``'s own (``_scenarios.py``), on asyncio.  Each count is
+``(I(2n) - I(n)) / n``: two runs of a scenario, ``n`` and ``2n`` operations long, so that
+start-up, imports and the event loop's own setup cancel out.  Instructions are not
 time (a cache miss costs more than an add), but on the same machine the two track each other
 for code this small.  Needs ``valgrind`` on the ``PATH`` (Debian: ``apt install valgrind``);
-each interpreter runs the working tree's ``src/`` (its environment must have anyio).  Without
-``--python`` it uses the running interpreter.  About 3 minutes per Python on 2 CPUs.  ``--quick``
-runs every scenario once, briefly and without valgrind: a check that the script still works
-(CI runs it), not a measurement.
+each interpreter runs the working tree's ``src/`` (its environment needs the ``bench``
+extra).  Without ``--python`` it uses the running interpreter.  About 6 minutes per Python on
+2 CPUs.  ``--quick`` runs every scenario once, briefly and without valgrind: a check that the
+script still works (CI runs it), not a measurement.
 """
 
 from __future__ import annotations
@@ -187,72 +188,22 @@ def _make(candidate: str) -> Any:
     return makers[candidate]()
 
 
-async def _uncontended(candidate: str, n: int) -> None:
-    lock = _make(candidate)
-    for _ in range(n):
-        async with lock:
-            pass
+def _workloads() -> dict[str, Callable[[Callable[[], Any], int], Any]]:
+    """The scenarios' workloads, as ``benchmarks/run.py`` runs them on asyncio (``n`` ops)."""
+    import _scenarios as S
+
+    return {
+        "uncontended": S._uncontended,
+        "contended": lambda make, n: S._contended_asyncio(make, 10, n // 10),
+        "ping_pong": S._ping_pong_asyncio,  # n turns of each task: an op is a round
+        "producer": lambda make, n: S._producer_consumers_asyncio(make, 10, n),
+    }
 
 
-async def _contended(candidate: str, n: int) -> None:
-    lock = _make(candidate)  # 10 tasks, each holding across a yield: every acquire waits
-
-    async def worker() -> None:
-        for _ in range(n // 10):
-            async with lock:
-                await asyncio.sleep(0)
-
-    await asyncio.gather(*(worker() for _ in range(10)))
-
-
-async def _ping_pong(candidate: str, n: int) -> None:
-    cond = _make(candidate)
-    turn = 0
-
-    async def player(me: int) -> None:
-        nonlocal turn
-        for _ in range(n):
-            async with cond:
-                while turn != me:
-                    await cond.wait()
-                turn = 1 - me
-                cond.notify()
-
-    await asyncio.gather(player(0), player(1))
-
-
-async def _producer(candidate: str, n: int) -> None:
-    cond = _make(candidate)
-    items: collections.deque[int] = collections.deque()
-    done = False
-
-    async def consume() -> None:
-        while True:
-            async with cond:
-                while not items and not done:
-                    await cond.wait()
-                if not items:
-                    return
-                items.popleft()
-
-    consumers = [asyncio.ensure_future(consume()) for _ in range(10)]
-    await asyncio.sleep(0)
-    for x in range(n):
-        async with cond:
-            items.append(x)
-            cond.notify()
-        await asyncio.sleep(0)
-    async with cond:
-        done = True
-        cond.notify_all()
-    await asyncio.gather(*consumers)
-
-
-#: name -> (what one operation is, its function, n, peer, candidates)
-SCENARIOS: dict[str, tuple[str, Any, int, str, list[str]]] = {
+#: name -> (what one operation is, n, peer, candidates); the workloads are run.py's
+SCENARIOS: dict[str, tuple[str, int, str, list[str]]] = {
     "uncontended": (
         "`async with`, uncontended",
-        _uncontended,
         4000,
         "asyncio.Lock()",
         [
@@ -267,21 +218,18 @@ SCENARIOS: dict[str, tuple[str, Any, int, str, list[str]]] = {
     ),
     "contended": (
         "acquisition, 10 tasks taking turns (every one a hand-off)",
-        _contended,
         4000,
         "asyncio.Lock()",
         ["asyncio.Lock()", "aiolocks.Lock()", "RWLock().writer", "hand-off floor"],
     ),
     "ping_pong": (
         "round of a two-task ping-pong on a condition",
-        _ping_pong,
         2000,
         "asyncio.Condition()",
         ["asyncio.Condition()", "Condition(Lock(fast_acquire=True))"],
     ),
     "producer": (
         "item, one producer and 10 consumers, notify() per item",
-        _producer,
         2000,
         "asyncio.Condition()",
         ["asyncio.Condition()", "Condition(Lock(fast_acquire=True))"],
@@ -290,8 +238,8 @@ SCENARIOS: dict[str, tuple[str, Any, int, str, list[str]]] = {
 
 
 def _child(scenario: str, candidate: str, n: int) -> None:
-    sys.path.insert(0, str(ROOT / "src"))
-    asyncio.run(SCENARIOS[scenario][1](candidate, n))
+    sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
+    asyncio.run(_workloads()[scenario](lambda: _make(candidate), n))
 
 
 # -- the parent ---------------------------------------------------------------------------------
@@ -320,7 +268,7 @@ def _count(python: str, scenario: str, candidate: str, n: int) -> int:
 
 
 def _per_op(python: str, scenario: str, candidate: str) -> int:
-    n = SCENARIOS[scenario][2]
+    n = SCENARIOS[scenario][1]
     return (
         _count(python, scenario, candidate, 2 * n) - _count(python, scenario, candidate, n)
     ) // n
@@ -348,7 +296,7 @@ def main() -> int:
     if args.quick:
         for py in args.python:
             for scenario in args.only or SCENARIOS:
-                for candidate in SCENARIOS[scenario][4]:
+                for candidate in SCENARIOS[scenario][3]:
                     cmd = [py, __file__, "--child", scenario, candidate, "20"]
                     subprocess.run(cmd, check=True, timeout=60)
         print("every scenario ran (--quick: nothing was measured)")
@@ -361,13 +309,13 @@ def main() -> int:
         (py, scenario, candidate)
         for py in args.python
         for scenario in args.only or SCENARIOS
-        for candidate in SCENARIOS[scenario][4]
+        for candidate in SCENARIOS[scenario][3]
     ]
     with ThreadPoolExecutor(args.jobs) as pool:
         counts = dict(zip(jobs, pool.map(lambda job: _per_op(*job), jobs), strict=True))
     lines = ["Instructions per operation (callgrind; ratio to the peer in the same column).", ""]
     for scenario in args.only or SCENARIOS:
-        what, _, _, peer, candidates = SCENARIOS[scenario]
+        what, _, peer, candidates = SCENARIOS[scenario]
         lines += [f"{scenario}: per {what}", ""]
         lines += ["| candidate | " + " | ".join(f"CPython {v}" for v in versions) + " |"]
         lines += ["|---|" + "---:|" * len(versions)]
