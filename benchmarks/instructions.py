@@ -72,12 +72,11 @@ def _floors() -> dict[str, Callable[[], Any]]:
             self._owner = None
             return READY
 
-    class ReaderFloor:
+    class ReaderFloor(OwnerFloor):
         """Counts read levels per task (re-entrant reads), with the same thread check."""
 
         def __init__(self) -> None:
-            self._loop = asyncio.get_running_loop()
-            self._tid = thread_mark()
+            super().__init__()
             self._writer: Any = None
             self._readers: dict[Any, int] = {}
 

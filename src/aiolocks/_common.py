@@ -57,7 +57,7 @@ def _trio_checkpoint() -> Awaitable[None]:
 
 
 def held_checkpoint(
-    loop: Any, undo: Callable[[Any], None], task: Any, fast: bool = False
+    loop: Any, undo: Callable[[Any], None], task: Any, fast: bool | None = False
 ) -> Awaitable[None]:
     """The checkpoint of an acquire that got the lock without waiting.
 
@@ -65,13 +65,15 @@ def held_checkpoint(
     gives the lock back before the cancellation propagates, so the caller never holds it.  One
     yield to the event loop gives both the schedule point and the cancel point.  With ``fast``
     (``fast_acquire=True``) there is no schedule point: nothing at all on asyncio (as
-    ``asyncio.Lock``), a cancel point on trio (as trio's conventions require).
+    ``asyncio.Lock``), a cancel point on trio (as trio's conventions require).  ``fast`` may be
+    a primitive's ``_fast`` slot as it is: ``None`` there means ``fast_acquire`` too (see
+    ``_backend.Bindable``); only ``False`` means without it.
     """
     if loop is TRIO:
-        if fast:
+        if fast is not False:
             return _trio_held_cancel_point(undo, task)
         return _trio_held_checkpoint(undo, task)
-    if fast:
+    if fast is not False:
         return READY
     return _asyncio_held_checkpoint(undo, task)
 

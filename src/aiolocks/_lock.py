@@ -95,7 +95,7 @@ class Lock(OneLevelPort, AsyncOnly):
             self._owner = task
             if self._fast:
                 return READY
-            return held_checkpoint(self._loop, self._undo_acquire, task, self._fast is not False)
+            return held_checkpoint(self._loop, self._undo_acquire, task, self._fast)
         return self._acquire_contended(task)
 
     async def acquire(self) -> None:

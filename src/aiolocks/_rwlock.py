@@ -378,7 +378,7 @@ class RWLock(Versioned):
         else:
             granted, undo = self._try_upgradable(task), self._release_upgradable
         if granted:
-            return held_checkpoint(self._loop, undo, task, self._fast is not False)
+            return held_checkpoint(self._loop, undo, task, self._fast)
         return self._wait(task, mode)
 
     async def _wait(self, task: Any, mode: int) -> None:

@@ -117,7 +117,7 @@ class ReadLock(_View):
                 readers[task] = 1
             if rw._fast:
                 return READY
-            return held_checkpoint(rw._loop, rw._release_read, task, rw._fast is not False)
+            return held_checkpoint(rw._loop, rw._release_read, task, rw._fast)
         return rw._enter(task, READ)
 
     def __aexit__(
@@ -217,12 +217,12 @@ class WriteLock(_View):
             rw._version += 1
             if rw._fast:
                 return READY
-            return held_checkpoint(rw._loop, rw._release_write, task, rw._fast is not False)
+            return held_checkpoint(rw._loop, rw._release_write, task, rw._fast)
         writer = rw._writer
         if writer is not None and writer is not task:
             return rw._wait(task, WRITE)  # held by another writer: nothing to decide, wait
         if rw._try_write(task):
-            return held_checkpoint(rw._loop, rw._release_write, task, rw._fast is not False)
+            return held_checkpoint(rw._loop, rw._release_write, task, rw._fast)
         return rw._wait(task, WRITE)
 
     def __aexit__(
@@ -460,7 +460,7 @@ class UpgradableLock(_View):
         task = rw._me()
         s = self._check_upgrade(task)
         if self._upgrade_now(s, task):
-            await held_checkpoint(rw._loop, rw._downgrade, task, rw._fast is not False)
+            await held_checkpoint(rw._loop, rw._downgrade, task, rw._fast)
             return
         await rw._wait(task, UPGRADE)
 
